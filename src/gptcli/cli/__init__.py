@@ -1,0 +1,105 @@
+"""The `gpt` Typer app: one thin module per command, and the one place errors are formatted.
+
+Nothing here imports torch: each command imports the core inside its body, so `gpt --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from gptcli import __version__
+from gptcli.errors import GptError
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Prints `error: message` as one line on stderr; returns the Exit to raise."""
+    line = " ".join(str(message).split())
+    sys.stderr.write(f"error: {line}\n")
+    sys.stderr.flush()
+    return typer.Exit(code)
+
+
+class GptGroup(TyperGroup):
+    """Turns every failure below it into `error: ...` and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except GptError as exc:
+            if os.environ.get("GPTCLI_DEBUG"):
+                raise
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            if os.environ.get("GPTCLI_DEBUG"):
+                raise
+            raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            # the reader of our stdout went away (`gpt generate | head`): not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except MemoryError:
+            raise fail("out of memory (try a smaller model, batch or context)") from None
+        except Exception as exc:
+            if os.environ.get("GPTCLI_DEBUG"):
+                raise
+            raise fail(
+                f"unexpected {type(exc).__name__}: {exc} (run with GPTCLI_DEBUG=1 for details)"
+            ) from None
+
+
+app = typer.Typer(
+    cls=GptGroup,
+    name="gpt",
+    help="Train, fine-tune, sample from, chat with and measure small GPTs.\n\n"
+    'Start with: gpt train corpus.txt, then gpt generate "Once upon a time".',
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"gpt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Train, fine-tune, sample from, chat with and measure small GPTs."""
+
+
+def register() -> None:
+    from gptcli.cli import eval as eval_cmd
+    from gptcli.cli import generate, models, tokenize, train
+
+    app.command("train", help=train.HELP)(train.train)
+    app.command("generate", help=generate.HELP)(generate.generate)
+    app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
+    app.add_typer(tokenize.app, name="tokenize")
+    app.add_typer(models.app, name="models")
+
+
+register()
+
+
+def main() -> None:
+    app(prog_name="gpt")

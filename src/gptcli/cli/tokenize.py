@@ -1,0 +1,144 @@
+"""`gpt tokenize train|encode|decode`: build and inspect tokenizers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gptcli.cli.console import err, info, out, print_json
+
+app = typer.Typer(
+    help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
+    "Example: echo 'Once upon a time' | gpt tokenize encode -m stories",
+    no_args_is_help=True,
+)
+
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="Use this model's tokenizer.")
+]
+TokenizerOption = Annotated[
+    str | None,
+    typer.Option("--tokenizer", "-t", help="A stored tokenizer name or a tokenizer.json path."),
+]
+
+
+def load_tokenizer(model: str | None, tokenizer: str | None):  # type: ignore[no-untyped-def]
+    from gptcli.errors import GptError
+    from gptcli.store import ModelStore
+    from gptcli.tokenizer import Tokenizer
+
+    store = ModelStore()
+    if model and tokenizer:
+        raise GptError("give either -m MODEL or -t TOKENIZER, not both")
+    if tokenizer:
+        return Tokenizer.load(store.tokenizer_path(tokenizer))
+    return Tokenizer.load(store.resolve(model) / "tokenizer.json")
+
+
+@app.command(
+    "train",
+    help="Train a tokenizer on text files and store it.\n\n"
+    "Example: gpt tokenize train examples/stories --vocab-size 1024 --name stories",
+)
+def train_cmd(
+    inputs: Annotated[list[str], typer.Argument(metavar="FILE_OR_DIR...")],
+    name: Annotated[str, typer.Option(help="Name in the store.")],
+    vocab_size: Annotated[
+        int | None, typer.Option(help="BPE vocabulary size [default: suited to the corpus].")
+    ] = None,
+    char: Annotated[bool, typer.Option("--char", help="One token per character.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a tokenizer of the same name.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
+) -> None:
+    from gptcli.config import TrainConfig
+    from gptcli.errors import GptError
+    from gptcli.store import ModelStore, check_name, write_text_atomic
+    from gptcli.train import TrainRequest, prepare_tokenizer
+
+    store = ModelStore()
+    target = store.tokenizers_dir / check_name(name) / "tokenizer.json"
+    if target.exists() and not force:
+        raise GptError(f"a tokenizer named {name!r} already exists (use --force to replace it)")
+    if char and vocab_size is not None:
+        raise GptError("--vocab-size does not apply to --char")
+    request = TrainRequest(
+        inputs=inputs,
+        name=name,
+        cfg=TrainConfig(),
+        preset="tiny",
+        tokenizer="char" if char else "bpe",
+        vocab_size=vocab_size,
+    )
+    tok = prepare_tokenizer(request, store, log=info)
+    write_text_atomic(target, tok.to_json())
+    summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
+    if json_out:
+        print_json(summary)
+    else:
+        typer.echo(f"saved tokenizer {name}: {tok.kind}, {tok.vocab_size} tokens")
+
+
+@app.command(
+    "encode",
+    help="Text -> token ids (stdin when no text is given).\n\n"
+    "Example: gpt tokenize encode 'Once upon a time' -m stories --json",
+)
+def encode_cmd(
+    text: Annotated[
+        str | None, typer.Argument(help="Text to encode ('-' or omitted: stdin).")
+    ] = None,
+    model: ModelOption = None,
+    tokenizer: TokenizerOption = None,
+    ids_only: Annotated[bool, typer.Option("--ids", help="Print only the ids.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON with ids and pieces.")] = False,
+) -> None:
+    from gptcli.cli.generate import read_prompt
+
+    tok = load_tokenizer(model, tokenizer)
+    source = read_prompt(text)
+    ids = tok.encode(source)
+    if json_out:
+        print_json({"ids": ids, "tokens": tok.pieces(ids), "count": len(ids)})
+        return
+    if ids_only or not out.is_terminal:
+        typer.echo(" ".join(map(str, ids)))
+        return
+    from rich.text import Text
+
+    view = Text()
+    colours = ("on blue", "on magenta", "on dark_green", "on dark_orange3")
+    for i, piece in enumerate(tok.pieces(ids)):
+        view.append(piece.replace("\n", "\\n\n"), style=colours[i % len(colours)])
+    out.print(view)
+    err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
+
+
+@app.command("decode", help="Token ids -> text.\n\nExample: gpt tokenize decode 12 7 42 -m stories")
+def decode_cmd(
+    ids: Annotated[list[str] | None, typer.Argument(help="Token ids (stdin when omitted).")] = None,
+    model: ModelOption = None,
+    tokenizer: TokenizerOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON with the text.")] = False,
+) -> None:
+    import sys
+
+    from gptcli.cli.generate import read_prompt
+    from gptcli.errors import GptError
+
+    tok = load_tokenizer(model, tokenizer)
+    words = ids if ids else read_prompt(None).replace(",", " ").split()
+    try:
+        values = [int(w) for w in words]
+    except ValueError:
+        raise GptError("token ids must be whole numbers") from None
+    bad = [v for v in values if not 0 <= v < tok.vocab_size]
+    if bad:
+        raise GptError(f"token id {bad[0]} is out of range (vocabulary: 0..{tok.vocab_size - 1})")
+    text = tok.decode(values)
+    if json_out:
+        print_json({"text": text, "count": len(values)})
+    else:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))

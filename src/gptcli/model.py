@@ -1,0 +1,262 @@
+"""The GPT: attention, MLP, block, model (leaf to root), the KV cache, and safetensors I/O.
+
+Two families share one class:
+- `gpt2`: learned positions, LayerNorm with bias, GELU MLP, tied head (the Hugging Face layout);
+- `modern`: rotary positions, RMSNorm, QK-norm, ReLU² MLP, no biases, untied head.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptcli.config import ModelConfig
+from gptcli.errors import GptError
+
+FORMAT_VERSION = "1"
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, written in place as tokens arrive."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.pos = 0  # tokens already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Stores k, v (B, H, T, D) at the current position; returns all keys/values so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def rotary_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    half = config.head_size // 2
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(half, dtype=torch.float32) / half))
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()  # (block_size, head_size/2) each
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)  # x: (B, H, T, D); cos/sin: (T, D/2)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        bias = config.family == "gpt2"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
+        self.n_head = config.n_head
+        self.layer = layer
+        self.dropout = config.dropout
+        self.rotary = config.family == "modern"
+        if self.rotary:
+            self.q_norm = RMSNorm(config.head_size)
+            self.k_norm = RMSNorm(config.head_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_head, -1).transpose(1, 2)
+        v = v.view(B, T, self.n_head, -1).transpose(1, 2)
+        if self.rotary:
+            assert rope is not None
+            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(self.layer, k, v)
+        mask = None
+        if past and T > 1:  # a chunk after cached tokens: query i sees keys up to past + i
+            rows = torch.arange(T, device=x.device).unsqueeze(1) + past
+            mask = torch.arange(past + T, device=x.device).unsqueeze(0) <= rows
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=(past == 0 and T > 1),
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        bias = config.family == "gpt2"
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=bias)
+        self.gpt2 = config.family == "gpt2"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)
+        h = F.gelu(h, approximate="tanh") if self.gpt2 else F.relu(h).square()
+        return self.c_proj(h)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.family == "gpt2":
+        return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+    return RMSNorm(config.n_embd)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, cache):  # type: ignore[no-untyped-def]
+        x = x + self.drop(self.attn(self.ln_1(x), rope, cache))
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                ln_f=make_norm(config),
+            )
+        )
+        if config.family == "gpt2":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tied = config.family == "gpt2"
+        if self.tied:
+            self.lm_head.weight = self.transformer["wte"].weight
+        else:
+            cos, sin = rotary_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`; loss if targets given.
+
+        Targets equal to -100 are not scored.
+        """
+        _B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise GptError(
+                f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}"
+            )
+        x = self.transformer["wte"](idx)  # (B, T, C)
+        rope = None
+        if self.tied:
+            pos = torch.arange(start, start + T, device=idx.device)
+            x = x + self.transformer["wpe"](pos)
+        else:
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        x = self.transformer["drop"](x)
+        for block in self.transformer["h"]:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer["ln_f"](x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(
+            self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype
+        )
+
+    # -- weights on disk ------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """State dict without the tied head (safetensors refuses shared tensors)."""
+        state = self.state_dict()
+        if self.tied:
+            state.pop("lm_head.weight", None)
+        return {k: v.detach().contiguous() for k, v in state.items()}
+
+    def load_weights(self, tensors: dict[str, torch.Tensor], source: Path | str) -> None:
+        expected = self.weights()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+            raise GptError(f"{source}: weights do not match the model config ({detail})")
+        for key, value in tensors.items():
+            if value.shape != expected[key].shape:
+                raise GptError(
+                    f"{source}: tensor {key} has shape {tuple(value.shape)}, "
+                    f"config expects {tuple(expected[key].shape)}"
+                )
+        self.load_state_dict(tensors, strict=False)

@@ -1,0 +1,227 @@
+"""The model store: where models and tokenizers live, name resolution, atomic writes.
+
+Layout (see DESIGN.md):
+    $GPTCLI_HOME/models/NAME/{model.safetensors, config.json, tokenizer.json, train.json}
+    $GPTCLI_HOME/tokenizers/NAME/tokenizer.json
+    $GPTCLI_HOME/data/<key>.bin            cached token ids
+    $GPTCLI_HOME/default                   name of the default model
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gptcli.errors import GptError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
+
+def store_home() -> Path:
+    env = os.environ.get("GPTCLI_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("gptcli"))
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise GptError(
+            f"invalid name {name!r}: use letters, digits, '.', '_' and '-' (at most 100 characters)"
+        )
+    return name
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a temporary sibling to write; on success it is fsynced and replaces `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GptError(f"{path}: file is missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GptError(f"{path}: not valid JSON ({exc})") from None
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (names, dtypes, shapes), read without torch."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                raise ValueError("bad header size")
+            header = json.loads(f.read(size))
+    except FileNotFoundError:
+        raise GptError(f"{path}: weights file is missing") from None
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise GptError(f"{path}: not a valid safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise GptError(f"{path}: not a valid safetensors file")
+    return header
+
+
+def count_parameters(path: Path) -> int:
+    total = 0
+    for key, entry in safetensors_header(path).items():
+        if key != "__metadata__":
+            count = 1
+            for dim in entry.get("shape", []):
+                count *= dim
+            total += count
+    return total
+
+
+class ModelStore:
+    """Paths and bookkeeping of the per-user store; knows nothing about torch."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or store_home()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def tokenizers_dir(self) -> Path:
+        return self.home / "tokenizers"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def model_dir(self, name: str) -> Path:
+        return self.models_dir / check_name(name)
+
+    def exists(self, name: str) -> bool:
+        return (self.model_dir(name) / "config.json").is_file()
+
+    def names(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.models_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
+        )
+
+    # -- default model --------------------------------------------------------------------
+    def default_name(self) -> str | None:
+        path = self.home / "default"
+        if path.is_file():
+            name = path.read_text(encoding="utf-8").strip()
+            if name and NAME_RE.match(name) and self.exists(name):
+                return name
+        return None
+
+    def set_default(self, name: str) -> None:
+        if not self.exists(name):
+            raise GptError(f"no model named {name!r} in the store (see `gpt models list`)")
+        write_text_atomic(self.home / "default", name + "\n")
+
+    # -- resolution -----------------------------------------------------------------------
+    def resolve(self, ref: str | None) -> Path:
+        """A store name, a model directory, or None for the default -> the model's directory."""
+        if ref is None:
+            name = self.default_name()
+            if name is None:
+                if self.names():
+                    raise GptError(
+                        "no default model: pick one with -m NAME or `gpt models default`"
+                    )
+                raise GptError("no model trained yet: run `gpt train FILE` first")
+            return self.model_dir(name)
+        if NAME_RE.match(ref) and self.exists(ref):
+            return self.model_dir(ref)
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            if (path / "config.json").is_file():
+                return path
+            raise GptError(f"{path}: not a model directory (no config.json)")
+        raise GptError(f"unknown model {ref!r} (see `gpt models list`)")
+
+    def remove(self, name: str) -> None:
+        path = self.model_dir(name)
+        if not path.is_dir():
+            raise GptError(f"no model named {name!r} in the store")
+        trash = path.with_name(f".{name}.removing")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        if (self.home / "default").is_file() and self.default_name() is None:
+            (self.home / "default").unlink(missing_ok=True)
+
+    def tokenizer_path(self, ref: str) -> Path:
+        """A stored tokenizer name or a tokenizer.json path -> its file."""
+        path = Path(ref).expanduser()
+        if path.is_file():
+            return path
+        if path.is_dir() and (path / "tokenizer.json").is_file():
+            return path / "tokenizer.json"
+        if NAME_RE.match(ref):
+            for candidate in (self.tokenizers_dir / ref, self.models_dir / ref):
+                if (candidate / "tokenizer.json").is_file():
+                    return candidate / "tokenizer.json"
+        raise GptError(f"unknown tokenizer {ref!r}: not a stored tokenizer or a tokenizer.json")
+
+    def commit_dir(self, staging: Path, target: Path, force: bool) -> None:
+        """Moves a fully written staging directory into place, replacing `target` if `force`."""
+        fsync_dir(staging)
+        if target.exists():
+            if not force:
+                raise GptError(f"{target.name!r} already exists (use --force to overwrite)")
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+        fsync_dir(target.parent)
+
+    def staging_dir(self, parent: Path, name: str) -> Path:
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=parent))
