@@ -130,14 +130,32 @@ def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def build_corpus(
-    inputs: list[str], tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
-) -> Corpus:
-    """Reads, splits and tokenizes the corpus, reusing the cache when nothing changed."""
+@dataclass
+class Texts:
+    """The corpus as read: files in order and their text."""
+
+    files: list[Path]
+    texts: list[str]
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(len(t.encode()) for t in self.texts)
+
+
+def read_corpus(inputs: list[str]) -> Texts:
+    """Finds and reads every input, refusing missing, binary, non-UTF-8 or empty ones."""
     files = find_text_files(inputs)
     texts = [read_text(f) for f in files]
     if not any(t.strip() for t in texts):
         raise GptError("the corpus is empty: " + ", ".join(str(f) for f in files))
+    return Texts(files, texts)
+
+
+def build_corpus(
+    corpus: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
+) -> Corpus:
+    """Splits and tokenizes the corpus, reusing the cache when nothing changed."""
+    files, texts = corpus.files, corpus.texts
     described = [
         {
             "path": str(f.resolve()),

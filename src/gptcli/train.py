@@ -15,10 +15,11 @@ from typing import Protocol
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data import Batches
+from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.store import ModelStore
+from gptcli.tokenizer import Tokenizer, iter_chunks
 
 DEFAULT_MAX_STEPS = 2000
 
@@ -46,7 +47,7 @@ def pick_device(name: str) -> torch.device:
 class StepStats:
     step: int
     total_steps: int | None
-    train_loss: float
+    train_loss: float | None
     val_loss: float | None
     lr: float
     tokens: int
@@ -59,7 +60,7 @@ class StepStats:
 class TrainResult:
     steps: int
     tokens: int
-    train_loss: float
+    train_loss: float | None
     val_loss: float | None
     seconds: float
     stopped: str  # "max_steps", "max_time" or "interrupted"
@@ -121,7 +122,7 @@ def train_model(
     tokens_per_step = train.batch_size * train.block_size
     history: list[dict] = []
     val_loss: float | None = None
-    train_loss = float("nan")
+    train_loss: float | None = None
     smoothed: float | None = None
     stopped = "max_steps"
     step = 0
@@ -149,7 +150,7 @@ def train_model(
             parts.append((now - start) / cfg.max_time)
         return max(parts)
 
-    def evaluate(now: float) -> None:
+    def evaluate() -> None:
         nonlocal val_loss
         if val is not None:
             val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1)
@@ -167,6 +168,7 @@ def train_model(
         if observer:
             observer.on_eval(stats)
 
+    evaluate()  # the starting point of the loss curve
     model.train()
     try:
         while True:
@@ -200,13 +202,13 @@ def train_model(
             smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
             train_loss = smoothed
             if step % cfg.eval_every == 0:
-                evaluate(time.perf_counter())
+                evaluate()
             elif observer:
                 observer.on_step(snapshot(time.perf_counter()))
     except KeyboardInterrupt:
         stopped = "interrupted"
     if not history or history[-1]["step"] != step:
-        evaluate(time.perf_counter())
+        evaluate()
     model.eval()
     return TrainResult(
         step,
@@ -241,27 +243,22 @@ class TrainRequest:
     force: bool = False
 
 
-def prepare_tokenizer(request: TrainRequest, store: ModelStore, log: Callable[[str], None]):  # type: ignore[no-untyped-def]
-    from gptcli.data import find_text_files, read_text
-    from gptcli.tokenizer import Tokenizer, iter_chunks
-
+def prepare_tokenizer(
+    request: TrainRequest, texts: Texts, store: ModelStore, log: Callable[[str], None]
+) -> Tokenizer:
+    """The tokenizer a request asks for: trained on `texts`, or loaded from the store/a path."""
     choice = request.tokenizer or "bpe"
     if choice not in ("bpe", "char"):
         if request.vocab_size is not None:
             raise GptError("--vocab-size only applies when a tokenizer is trained (bpe or char)")
         return Tokenizer.load(store.tokenizer_path(choice))
-    files = find_text_files(request.inputs)
-
-    def texts():  # type: ignore[no-untyped-def]
-        for f in files:
-            yield from iter_chunks(read_text(f))
-
+    pieces = (chunk for text in texts.texts for chunk in iter_chunks(text))
     if choice == "char":
         log("training a char tokenizer")
-        return Tokenizer.train_char(texts())
-    vocab = request.vocab_size or default_vocab_size(sum(f.stat().st_size for f in files))
+        return Tokenizer.train_char(pieces)
+    vocab = request.vocab_size or default_vocab_size(texts.n_bytes)
     log(f"training a BPE tokenizer ({vocab} tokens)")
-    return Tokenizer.train_bpe(texts(), vocab)
+    return Tokenizer.train_bpe(pieces, vocab)
 
 
 def train_from_scratch(
@@ -273,14 +270,14 @@ def train_from_scratch(
     """Tokenizer -> corpus -> model -> training -> a new model in the store. Returns a summary."""
     from gptcli.checkpoint import write_model_dir
     from gptcli.config import ModelConfig
-    from gptcli.data import build_corpus
 
     target = store.model_dir(request.name)
     if store.exists(request.name) and not request.force:
         raise GptError(f"a model named {request.name!r} already exists (use --force to replace it)")
     device = pick_device(request.cfg.device)
-    tokenizer = prepare_tokenizer(request, store, log)
-    corpus = build_corpus(request.inputs, tokenizer, request.cfg.val_fraction, store.data_dir)
+    texts = read_corpus(request.inputs)
+    tokenizer = prepare_tokenizer(request, texts, store, log)
+    corpus = build_corpus(texts, tokenizer, request.cfg.val_fraction, store.data_dir)
     n_train = len(corpus.train.tokens)
     log(f"corpus: {n_train:,} training tokens, {len(corpus.val.tokens):,} validation tokens")
     config = ModelConfig.from_preset(

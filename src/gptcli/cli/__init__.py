@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -26,14 +25,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def is_cli_control(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("typer", "click")
+
+
 class GptGroup(TyperGroup):
     """Turns every failure below it into `error: ...` and an exit code, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
         except GptError as exc:
             if os.environ.get("GPTCLI_DEBUG"):
                 raise
@@ -50,7 +51,8 @@ class GptGroup(TyperGroup):
         except MemoryError:
             raise fail("out of memory (try a smaller model, batch or context)") from None
         except Exception as exc:
-            if os.environ.get("GPTCLI_DEBUG"):
+            # exits, usage errors and --help travel as typer's (or click's) own exceptions
+            if os.environ.get("GPTCLI_DEBUG") or is_cli_control(exc):
                 raise
             raise fail(
                 f"unexpected {type(exc).__name__}: {exc} (run with GPTCLI_DEBUG=1 for details)"

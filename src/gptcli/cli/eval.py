@@ -23,7 +23,7 @@ Example: gpt eval stories other-model --data test.txt
 
 def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
     """The validation split recorded at training time: (tokens, bytes)."""
-    from gptcli.data import build_corpus, load_tokens
+    from gptcli.data import build_corpus, load_tokens, read_corpus
     from gptcli.errors import GptError
 
     data = loaded.info.get("data") or {}
@@ -39,7 +39,9 @@ def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
         raise GptError(
             f"the validation text of {loaded.name} is gone ({missing[0]}): pass --data FILE"
         )
-    corpus = build_corpus(files, loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir)
+    corpus = build_corpus(
+        read_corpus(files), loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir
+    )
     if corpus.key != key:
         raise GptError(
             f"the training files of {loaded.name} have changed since it was trained: "
@@ -52,17 +54,17 @@ def evaluate(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[MODEL]...", help="Model names or directories [default: the default model]."
+            metavar="[MODEL]...", help="Model names or directories (default: the default model)."
         ),
     ] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
-            "--data", "-d", help="Text file(s) to score (repeatable) [default: validation split]."
+            "--data", "-d", help="Text file(s) to score (repeatable) (default: validation split)."
         ),
     ] = None,
     stride: Annotated[
-        int | None, typer.Option(help="Sliding-window step in tokens [default: half the context].")
+        int | None, typer.Option(help="Sliding-window step in tokens (default: half the context).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[

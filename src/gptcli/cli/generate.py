@@ -22,7 +22,7 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model name or directory [default: the store's default, the last trained].",
+        help="Model name or directory (default: the store's default, the last trained).",
     ),
 ]
 

@@ -71,7 +71,12 @@ def list_cmd(json_out: JsonOption = False) -> None:
             rows.append(summarize(store.model_dir(name)))
         except GptError as exc:
             rows.append({"name": name, "error": str(exc), "created": ""})
-    rows.sort(key=lambda r: r.get("created") or "", reverse=True)
+
+    def age(row: dict[str, Any]) -> int:
+        weights = store.model_dir(row["name"]) / "model.safetensors"
+        return weights.stat().st_mtime_ns if weights.is_file() else 0
+
+    rows.sort(key=age, reverse=True)
     default = store.default_name()
     if json_out:
         print_json({"models": rows, "default": default})
@@ -103,7 +108,7 @@ def list_cmd(json_out: JsonOption = False) -> None:
 @app.command("show", help="Details of one model.\n\nExample: gpt models show stories")
 def show_cmd(
     name: Annotated[
-        str | None, typer.Argument(help="Model name or directory [default: the default model].")
+        str | None, typer.Argument(help="Model name or directory (default: the default model).")
     ] = None,
     json_out: JsonOption = False,
 ) -> None:

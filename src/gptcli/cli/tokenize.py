@@ -45,7 +45,7 @@ def train_cmd(
     inputs: Annotated[list[str], typer.Argument(metavar="FILE_OR_DIR...")],
     name: Annotated[str, typer.Option(help="Name in the store.")],
     vocab_size: Annotated[
-        int | None, typer.Option(help="BPE vocabulary size [default: suited to the corpus].")
+        int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus).")
     ] = None,
     char: Annotated[bool, typer.Option("--char", help="One token per character.")] = False,
     force: Annotated[
@@ -54,6 +54,7 @@ def train_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
 ) -> None:
     from gptcli.config import TrainConfig
+    from gptcli.data import read_corpus
     from gptcli.errors import GptError
     from gptcli.store import ModelStore, check_name, write_text_atomic
     from gptcli.train import TrainRequest, prepare_tokenizer
@@ -72,7 +73,7 @@ def train_cmd(
         tokenizer="char" if char else "bpe",
         vocab_size=vocab_size,
     )
-    tok = prepare_tokenizer(request, store, log=info)
+    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=info)
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:

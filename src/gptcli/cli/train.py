@@ -56,12 +56,12 @@ class TrainProgress:
 
     def _show(self, stats: Any) -> None:
         total = f"/{stats.total_steps}" if stats.total_steps else ""
-        val = f"{stats.val_loss:.4f}" if stats.val_loss is not None else "-"
+        val = fmt(stats.val_loss)
         self.progress.update(
             self.task,
             completed=min(stats.progress, 1.0) * 1000,
             step=f"{stats.step}{total}",
-            loss=f"{stats.train_loss:.4f}",
+            loss=fmt(stats.train_loss),
             val=val,
             rate=f"{stats.tokens_per_second:,.0f}",
         )
@@ -74,11 +74,15 @@ class TrainProgress:
         if self.live:
             self._show(stats)
         elif not self.quiet:
-            val = f"{stats.val_loss:.4f}" if stats.val_loss is not None else "-"
             info(
-                f"step {stats.step}: train loss {stats.train_loss:.4f}, val loss {val}, "
+                f"step {stats.step}: train loss {fmt(stats.train_loss)}, "
+                f"val loss {fmt(stats.val_loss)}, "
                 f"{stats.tokens_per_second:,.0f} tok/s, {stats.seconds:.1f}s"
             )
+
+
+def fmt(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
 
 
 def default_name(inputs: list[str]) -> str:
@@ -95,7 +99,7 @@ def train(
     ],
     name: Annotated[
         str | None,
-        typer.Option("--name", "-o", help="Model name in the store [default: first file's name]."),
+        typer.Option("--name", "-o", help="Model name in the store (default: first file's name)."),
     ] = None,
     preset: Annotated[
         str, typer.Option(help="Model size: tiny, mini, small, base, gpt2.")
@@ -110,20 +114,20 @@ def train(
         ),
     ] = None,
     vocab_size: Annotated[
-        int | None, typer.Option(help="BPE vocabulary size [default: suited to the corpus size].")
+        int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus size).")
     ] = None,
     max_steps: Annotated[
         int | None,
-        typer.Option(help="Stop after this many steps [default: 2000 when no --max-time]."),
+        typer.Option(help="Stop after this many steps (default: 2000 when no --max-time)."),
     ] = None,
     max_time: Annotated[str | None, typer.Option(help="Stop after this long: 30s, 5m, 1h.")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
     block_size: Annotated[
-        int | None, typer.Option(help="Context length [default: the preset's].")
+        int | None, typer.Option(help="Context length (default: the preset's).")
     ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
     warmup_steps: Annotated[int, typer.Option(help="Learning-rate warmup steps.")] = 50,
-    dropout: Annotated[float | None, typer.Option(help="Dropout probability [default: 0].")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")] = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 100,
     val_fraction: Annotated[
         float, typer.Option(help="Fraction of the text held out for validation (the end of it).")
@@ -176,11 +180,10 @@ def train(
     if json_out:
         print_json(summary)
     else:
-        val = summary["val_loss"]
-        val_text = f", val loss {val:.4f}" if val is not None else ""
         typer.echo(
-            f"saved {summary['name']}: {summary['steps']} steps, train loss "
-            f"{summary['train_loss']:.4f}{val_text}, {summary['seconds']:.1f}s"
+            f"saved {summary['name']}: {summary['steps']} steps, "
+            f"train loss {fmt(summary['train_loss'])}, val loss {fmt(summary['val_loss'])}, "
+            f"{summary['seconds']:.1f}s"
         )
         if not quiet:
             info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
