@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,84 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedMod
     info_path = directory / "train.json"
     info = read_json(info_path) if info_path.is_file() else {}
     return LoadedModel(model, tokenizer, directory, info)
+
+
+# -- training state, for exact --resume ------------------------------------------------------
+
+
+def optimizer_tensors(optimizers: list[torch.optim.Optimizer]) -> tuple[dict, list]:
+    """Splits optimizer state dicts into flat tensors and JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    described = []
+    for i, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, entry in sd["state"].items():
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"opt{i}.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        described.append({"param_groups": sd["param_groups"], "scalars": scalars})
+    return tensors, described
+
+
+def save_train_state(
+    path: Path,
+    optimizers: list[torch.optim.Optimizer],
+    state: dict[str, Any],
+    data_generator: torch.Generator,
+) -> None:
+    from safetensors.torch import save_file
+
+    tensors, described = optimizer_tensors(optimizers)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.data"] = data_generator.get_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    metadata = {
+        "format": "gptcli-train-state",
+        "version": FORMAT_VERSION,
+        "state": json.dumps(state),
+        "optimizers": json.dumps(described),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_train_state(
+    path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
+) -> dict[str, Any]:
+    """Restores optimizers and RNGs in place; returns the saved loop state."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise GptError(f"{path.parent.name} has no training state to resume from")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+        state = json.loads(metadata["state"])
+        described = json.loads(metadata["optimizers"])
+    except (SafetensorError, KeyError, json.JSONDecodeError) as exc:
+        raise GptError(f"{path}: not a valid training state ({exc})") from None
+    if len(described) != len(optimizers):
+        raise GptError(f"{path}: saved for a different optimizer setup")
+    for i, (opt, desc) in enumerate(zip(optimizers, described, strict=True)):
+        per_param: dict[int, dict[str, Any]] = {}
+        for index, entry in desc["scalars"].items():
+            per_param.setdefault(int(index), {}).update(entry)
+        prefix = f"opt{i}."
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, name = key[len(prefix) :].split(".", 1)
+                per_param.setdefault(int(index), {})[name] = value
+        try:
+            opt.load_state_dict({"state": per_param, "param_groups": desc["param_groups"]})
+        except (ValueError, KeyError) as exc:
+            raise GptError(f"{path}: optimizer state does not fit this model ({exc})") from None
+    torch.set_rng_state(tensors["rng.torch"])
+    data_generator.set_state(tensors["rng.data"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return state

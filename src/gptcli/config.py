@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gptcli.errors import GptError
@@ -87,43 +87,69 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESET = "mini"
 
 
+OPTIMIZERS = ("auto", "muon", "adamw")
+SCHEDULES = ("wsd", "cosine")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class TrainConfig:
     """Everything that steers one training run (not the model's shape)."""
 
     max_steps: int | None = None
     max_time: float | None = None  # seconds
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
+    batch_size: int = 16  # sequences per optimizer step, across all processes
+    grad_accum: int = 1  # micro-batches per step (per process)
+    lr: float = 3e-3  # AdamW: embeddings, head, gains (and everything with --optimizer adamw)
+    muon_lr: float = 0.02  # Muon: the matrices inside the blocks
+    optimizer: str = "auto"  # muon for the modern family, adamw for gpt2
+    schedule: str = "wsd"  # warmup-stable-decay, or cosine
+    cooldown: float = 0.4  # wsd: fraction of the budget spent decaying to min_lr
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
     grad_clip: float = 1.0
     beta1: float = 0.9
-    beta2: float = 0.99
+    beta2: float = 0.95
     eval_every: int = 100
     eval_batches: int = 20
+    save_every: int | None = None  # steps between checkpoints (None: only at the end)
     seed: int = 1337
     device: str = "auto"
+    dtype: str = "auto"  # bfloat16 autocast on CUDA, float32 elsewhere
+    compile: bool | None = None  # None: on for CUDA, off otherwise
     val_fraction: float = 0.1
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.max_steps is not None and self.max_steps < 1:
-            raise GptError("--max-steps must be at least 1")
-        if self.max_time is not None and self.max_time <= 0:
-            raise GptError("--max-time must be positive")
-        if self.batch_size < 1:
-            raise GptError("--batch-size must be at least 1")
-        if not self.lr > 0:
-            raise GptError("--lr must be positive")
-        if self.eval_every < 1:
-            raise GptError("--eval-every must be at least 1")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise GptError("--val-fraction must be in [0, 1)")
+        checks = [
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.muon_lr > 0, "--muon-lr must be positive"),
+            (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
+            (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
+            (0.0 <= self.cooldown <= 1.0, "--cooldown must be in [0, 1]"),
+            (self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.eval_batches >= 1, "--eval-batches must be at least 1"),
+            (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
+            (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GptError(message)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -1,23 +1,29 @@
-"""The one training loop behind `train` and `finetune`: optimizer, schedule, eval, stopping.
+"""The one training loop behind `train` and `finetune`: optimizers, schedule, eval, checkpoints.
 
 The learning-rate schedule runs on progress = max(step / max_steps, elapsed / max_time), so a
 run bounded by time decays its learning rate on time, and still ends on a cooled-down model.
+Ctrl+C asks the loop to stop at the end of the current step and save (a second one aborts).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-from gptcli.config import TrainConfig
+from gptcli.config import ModelConfig, TrainConfig
 from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
+from gptcli.optim import make_muon, split_parameters
 from gptcli.store import ModelStore
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
@@ -26,21 +32,27 @@ DEFAULT_MAX_STEPS = 2000
 
 def pick_device(name: str) -> torch.device:
     """`auto` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if has_mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise GptError("--device cuda: no CUDA GPU is available")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
+    if name == "mps" and not has_mps:
         raise GptError("--device mps: Apple MPS is not available")
     if name not in ("cpu", "cuda", "mps"):
         raise GptError(f"unknown device {name!r} (choose auto, cpu, cuda or mps)")
     return torch.device(name)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain float32."""
+    choice = cfg.dtype
+    if choice == "auto":
+        choice = "bfloat16" if device.type == "cuda" else "float32"
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[choice]
 
 
 @dataclass
@@ -57,14 +69,15 @@ class StepStats:
 
 
 @dataclass
-class TrainResult:
-    steps: int
-    tokens: int
-    train_loss: float | None
-    val_loss: float | None
-    seconds: float
-    stopped: str  # "max_steps", "max_time" or "interrupted"
-    history: list[dict] = field(default_factory=list)
+class TrainState:
+    """Where a run is: enough, with the optimizer and RNG states, to resume it exactly."""
+
+    step: int = 0
+    seconds: float = 0.0  # training time spent so far, across resumes
+    train_loss: float | None = None  # smoothed
+    val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = ""  # "max_steps", "max_time" or "interrupted" once finished
 
 
 class TrainObserver(Protocol):
@@ -73,35 +86,140 @@ class TrainObserver(Protocol):
     def on_eval(self, stats: StepStats) -> None: ...
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on norms, biases, gains)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
+class Distributed:
+    """This process's place under torchrun (or a world of one without it)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, device: torch.device) -> torch.device:
+        if not self.enabled:
+            return device
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return device
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when it is true on one (to stop together)."""
+        if not self.enabled:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def make_optimizers(
+    model: GPT, cfg: TrainConfig, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    """Muon for the block matrices and AdamW for the rest, or AdamW for everything.
+
+    Weight decay applies to matrices only, never to norms, biases or gains.
+    """
+    use_muon = cfg.optimizer == "muon" or (
+        cfg.optimizer == "auto" and model.config.family == "modern"
     )
+    fused = device.type == "cuda"
+    if use_muon:
+        hidden, other = split_parameters(model)
+        adam = torch.optim.AdamW(
+            [{"params": other, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            fused=fused,
+        )
+        return [make_muon(hidden, cfg.muon_lr, cfg.weight_decay), adam]
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
 
 
 def lr_factor(progress: float, step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay to `min_lr_ratio`."""
+    """Linear warmup, then cosine decay, or constant then a linear cooldown (wsd)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = min(max(progress, 0.0), 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.cooldown == 0 or progress < 1 - cfg.cooldown:
+        return 1.0
+    return floor + (1 - floor) * (1 - progress) / cfg.cooldown
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, batches: Batches, count: int, seed: int) -> float:
+def estimate_loss(
+    model: GPT, batches: Batches, count: int, seed: int, autocast: torch.dtype | None
+) -> float:
     was_training = model.training
     model.eval()
-    losses = [model(x, y)[1].item() for x, y in batches.fixed(count, seed)]  # type: ignore[union-attr]
+    losses = []
+    for x, y in batches.fixed(count, seed):
+        with autocast_context(x.device, autocast):
+            losses.append(model(x, y)[1].item())  # type: ignore[union-attr]
     model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):  # type: ignore[no-untyped-def]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """First Ctrl+C sets the event (the loop stops after its step and saves); a second aborts."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, Batches], None]
 
 
 def train_model(
@@ -110,115 +228,144 @@ def train_model(
     val: Batches | None,
     cfg: TrainConfig,
     observer: TrainObserver | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> TrainResult:
-    """Runs the loop until max_steps, max_time, or Ctrl+C; the model is left trained in place."""
+    state: TrainState | None = None,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    save: SaveHook | None = None,
+    dist: Distributed | None = None,
+) -> TrainState:
+    """Runs the loop until max_steps, max_time or Ctrl+C; the model is trained in place.
+
+    `state` and `optimizers` (already loaded) continue an earlier run; `save` is called every
+    `save_every` steps and at the end (on the main process only).
+    """
+    dist = dist or Distributed()
+    state = state or TrainState()
     max_steps = cfg.max_steps
     if max_steps is None and cfg.max_time is None:
         max_steps = DEFAULT_MAX_STEPS
-    device = next(model.parameters()).device
-    optimizer = make_optimizer(model, cfg, device)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    tokens_per_step = train.batch_size * train.block_size
-    history: list[dict] = []
-    val_loss: float | None = None
-    train_loss: float | None = None
-    smoothed: float | None = None
-    stopped = "max_steps"
-    step = 0
-    start = time.perf_counter()
+    device = train.device
+    optimizers = optimizers or make_optimizers(model, cfg, device)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    amp = autocast_dtype(cfg, device)
+    forward = model
+    if cfg.compile if cfg.compile is not None else device.type == "cuda":
+        forward = torch.compile(model)  # type: ignore[assignment]
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    def snapshot(now: float) -> StepStats:
-        tokens = step * tokens_per_step
-        return StepStats(
-            step,
-            max_steps,
-            train_loss,
-            val_loss,
-            optimizer.param_groups[0]["lr"],
-            tokens,
-            now - start,
-            tokens / max(now - start, 1e-9),
-            progress(now),
-        )
+        forward = DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )  # type: ignore[assignment]
+    tokens_per_step = train.batch_size * train.block_size * cfg.grad_accum * dist.world
+    start = time.perf_counter() - state.seconds
+    run_start_step, run_start = state.step, time.perf_counter()
 
-    def progress(now: float) -> float:
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def progress() -> float:
         parts = []
         if max_steps is not None:
-            parts.append(step / max_steps)
+            parts.append(state.step / max_steps)
         if cfg.max_time is not None:
-            parts.append((now - start) / cfg.max_time)
+            parts.append(elapsed() / cfg.max_time)
         return max(parts)
 
+    def snapshot() -> StepStats:
+        now = time.perf_counter()
+        rate = (state.step - run_start_step) * tokens_per_step / max(now - run_start, 1e-9)
+        return StepStats(
+            state.step,
+            max_steps,
+            state.train_loss,
+            state.val_loss,
+            optimizers[-1].param_groups[0]["lr"],
+            state.step * tokens_per_step,
+            elapsed(),
+            rate,
+            progress(),
+        )
+
     def evaluate() -> None:
-        nonlocal val_loss
-        if val is not None:
-            val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1)
-        stats = snapshot(time.perf_counter())
-        history.append(
+        if val is not None and dist.is_main:
+            state.val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1, amp)
+        stats = snapshot()
+        state.history.append(
             {
-                "step": step,
+                "step": state.step,
                 "tokens": stats.tokens,
                 "seconds": round(stats.seconds, 3),
-                "train_loss": train_loss,
-                "val_loss": val_loss,
+                "train_loss": state.train_loss,
+                "val_loss": state.val_loss,
                 "lr": stats.lr,
             }
         )
-        if observer:
+        if observer and dist.is_main:
             observer.on_eval(stats)
 
-    evaluate()  # the starting point of the loss curve
+    def checkpoint() -> None:
+        state.seconds = elapsed()
+        if save is not None and dist.is_main:
+            save(model, optimizers, state, train)
+
+    if not state.history:
+        evaluate()  # the starting point of the loss curve
     model.train()
-    try:
+    with stop_on_sigint() as interrupted:
         while True:
-            now = time.perf_counter()
-            if max_steps is not None and step >= max_steps:
-                stopped = "max_steps"
+            reason = ""
+            if max_steps is not None and state.step >= max_steps:
+                reason = "max_steps"
+            elif cfg.max_time is not None and elapsed() >= cfg.max_time:
+                reason = "max_time"
+            elif interrupted.is_set():
+                reason = "interrupted"
+            if dist.any(bool(reason), device):
+                state.stopped = reason or "stopped by another process"
                 break
-            if cfg.max_time is not None and now - start >= cfg.max_time:
-                stopped = "max_time"
-                break
-            if should_stop():
-                stopped = "interrupted"
-                break
-            factor = lr_factor(progress(now), step, cfg)
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            x, y = train.sample()
-            _, loss = model(x, y)
-            assert loss is not None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            factor = lr_factor(progress(), state.step, cfg)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = train.sample()
+                sync = micro == cfg.grad_accum - 1 or not dist.enabled
+                with (
+                    contextlib.nullcontext() if sync else forward.no_sync(),
+                    autocast_context(device, amp),
+                ):  # type: ignore[union-attr]
+                    _, loss = forward(x, y)
+                    assert loss is not None
+                    (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            value = loss.item()
-            if not math.isfinite(value):
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            state.step += 1
+            if not math.isfinite(total):
                 raise GptError(
-                    f"training diverged: loss is {value} at step {step} (try a lower --lr)"
+                    f"training diverged: loss is {total} at step {state.step} (try a lower --lr)"
                 )
-            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-            train_loss = smoothed
-            if step % cfg.eval_every == 0:
+            state.train_loss = (
+                total if state.train_loss is None else 0.9 * state.train_loss + 0.1 * total
+            )
+            if state.step % cfg.eval_every == 0:
                 evaluate()
-            elif observer:
-                observer.on_step(snapshot(time.perf_counter()))
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-    if not history or history[-1]["step"] != step:
+            elif observer and dist.is_main:
+                observer.on_step(snapshot())
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                checkpoint()
+    if state.history[-1]["step"] != state.step:
         evaluate()
+    checkpoint()
     model.eval()
-    return TrainResult(
-        step,
-        step * tokens_per_step,
-        train_loss,
-        val_loss,
-        time.perf_counter() - start,
-        stopped,
-        history,
-    )
+    return state
 
 
 # -- from text files to a stored model ---------------------------------------------------------
@@ -235,12 +382,14 @@ class TrainRequest:
     inputs: list[str]
     name: str
     cfg: TrainConfig
-    preset: str
+    preset: str = "auto"
+    family: str | None = None  # None: the preset's (modern for new models)
     tokenizer: str | None = None  # None or "bpe": train BPE; "char"; or a stored name / path
     vocab_size: int | None = None
     block_size: int | None = None
     dropout: float | None = None
     force: bool = False
+    resume: bool = False
 
 
 def prepare_tokenizer(
@@ -261,83 +410,202 @@ def prepare_tokenizer(
     return Tokenizer.train_bpe(pieces, vocab)
 
 
-def train_from_scratch(
-    request: TrainRequest,
-    store: ModelStore,
-    observer: TrainObserver | None = None,
-    log: Callable[[str], None] = lambda message: None,
-) -> dict:
-    """Tokenizer -> corpus -> model -> training -> a new model in the store. Returns a summary."""
-    from gptcli.checkpoint import write_model_dir
-    from gptcli.config import ModelConfig
+def choose_preset(request: TrainRequest, n_train_tokens: int, device: torch.device) -> str:
+    """`auto`: a model that can make good use of the data and time it will get."""
+    if request.preset != "auto":
+        return request.preset
+    if device.type != "cpu":
+        return "small" if n_train_tokens < 50_000_000 else "base"
+    return "mini"
 
-    target = store.model_dir(request.name)
-    if store.exists(request.name) and not request.force:
-        raise GptError(f"a model named {request.name!r} already exists (use --force to replace it)")
-    device = pick_device(request.cfg.device)
-    texts = read_corpus(request.inputs)
-    tokenizer = prepare_tokenizer(request, texts, store, log)
-    corpus = build_corpus(texts, tokenizer, request.cfg.val_fraction, store.data_dir)
-    n_train = len(corpus.train.tokens)
-    log(f"corpus: {n_train:,} training tokens, {len(corpus.val.tokens):,} validation tokens")
+
+def model_config_for(request: TrainRequest, tokenizer: Tokenizer, preset: str) -> ModelConfig:
+    family = request.family or ("gpt2" if preset == "gpt2" else "modern")
     config = ModelConfig.from_preset(
-        request.preset,
+        preset,
+        family=family,
         vocab_size=tokenizer.vocab_size,
         block_size=request.block_size,
         dropout=request.dropout,
     )
     if config.vocab_size < tokenizer.vocab_size:
         raise GptError(
-            f"preset {request.preset!r} has a vocabulary of {config.vocab_size}, "
+            f"preset {preset!r} has a vocabulary of {config.vocab_size}, "
             f"smaller than the tokenizer's {tokenizer.vocab_size}"
         )
+    return config
+
+
+def train_from_scratch(
+    request: TrainRequest,
+    store: ModelStore,
+    observer: TrainObserver | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Tokenizer -> corpus -> model -> training -> a model in the store. Returns a summary.
+
+    With `resume`, the stored model's weights, optimizer and RNG states continue exactly.
+    """
+    from gptcli.checkpoint import load_model, load_train_state
+
+    dist = Distributed()
+    if not dist.is_main:
+        log = lambda message: None  # noqa: E731
+    target = store.model_dir(request.name)
+    exists = store.exists(request.name)
+    if request.resume and not exists:
+        raise GptError(f"no model named {request.name!r} to resume (drop --resume to start one)")
+    if exists and not (request.force or request.resume):
+        raise GptError(
+            f"a model named {request.name!r} already exists "
+            "(use --resume to continue it, or --force to replace it)"
+        )
+    device = dist.setup(pick_device(request.cfg.device))
+    texts = read_corpus(request.inputs)
+    info: dict[str, Any] = {}
+    if request.resume:
+        loaded = load_model(target, device)
+        model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
+        cfg = TrainConfig.from_dict({**info.get("train", {}), **overrides(request.cfg)})
+    else:
+        tokenizer = prepare_tokenizer(request, texts, store, log) if dist.is_main else None
+        tokenizer = share_tokenizer(tokenizer, dist, device)
+        cfg = request.cfg
+    corpus = (
+        build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir) if dist.is_main else None
+    )
+    dist.barrier()
+    corpus = corpus or build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+    if request.resume and corpus.key != info.get("data", {}).get("cache_key"):
+        raise GptError("the training text differs from the run being resumed")
+    n_train = len(corpus.train.tokens)
     if n_train < 2:
         raise GptError("the corpus is too small to train on (fewer than 2 training tokens)")
-    torch.manual_seed(request.cfg.seed)
-    model = GPT(config).to(device)
+    log(f"corpus: {n_train:,} training tokens, {len(corpus.val.tokens):,} validation tokens")
+    if not request.resume:
+        preset = choose_preset(request, n_train, device)
+        torch.manual_seed(cfg.seed)
+        model = GPT(model_config_for(request, tokenizer, preset)).to(device)
+    config = model.config
     log(
-        f"model: {request.preset}, {model.num_params() / 1e6:.2f}M parameters, "
+        f"model: {config.family} {config.preset}, {model.num_params() / 1e6:.2f}M parameters, "
         f"context {config.block_size}, on {device.type}"
+        + (f" x{dist.world}" if dist.enabled else "")
     )
-    cfg = request.cfg
+    per_process = cfg.batch_size // (dist.world * cfg.grad_accum)
+    if per_process < 1 or per_process * dist.world * cfg.grad_accum != cfg.batch_size:
+        raise GptError(
+            f"--batch-size {cfg.batch_size} must be a multiple of processes x "
+            f"--grad-accum ({dist.world} x {cfg.grad_accum})"
+        )
     train_batches = Batches(
-        corpus.train.tokens, cfg.batch_size, config.block_size, device, cfg.seed
+        corpus.train.tokens, per_process, config.block_size, device, cfg.seed + dist.rank
     )
     val_batches = None
     if len(corpus.val.tokens) >= 2:
         val_batches = Batches(
             corpus.val.tokens, cfg.batch_size, config.block_size, device, cfg.seed + 1
         )
-    result = train_model(model, train_batches, val_batches, cfg, observer)
-    info = {
+    optimizers = make_optimizers(model, cfg, device)
+    state = TrainState()
+    if request.resume:
+        saved = load_train_state(
+            target / "train_state.safetensors", optimizers, train_batches.generator
+        )
+        state = TrainState(**saved)
+        if state.stopped in ("max_steps", "max_time") and not overrides(request.cfg):
+            log("that run had finished; give a larger --max-steps or --max-time to go on")
+        log(f"resuming at step {state.step}")
+    base_info = {
         "kind": "train",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "train": cfg.to_dict(),
         "tokenizer": tokenizer.kind,
         "data": corpus.describe() | {"val_fraction": cfg.val_fraction},
-        "result": {
-            "steps": result.steps,
-            "tokens": result.tokens,
-            "train_loss": result.train_loss,
-            "val_loss": result.val_loss,
-            "seconds": round(result.seconds, 3),
-            "stopped": result.stopped,
-        },
-        "history": result.history,
     }
-    staging = store.staging_dir(store.models_dir, request.name)
+    saver = CheckpointWriter(
+        store, request.name, tokenizer, base_info, replace=request.force or request.resume
+    )
     try:
-        write_model_dir(staging, model.cpu(), tokenizer, info)
-        store.commit_dir(staging, target, force=request.force)
+        state = train_model(
+            model, train_batches, val_batches, cfg, observer, state, optimizers, saver.save, dist
+        )
     finally:
-        if staging.exists():
-            import shutil
+        dist.close()
+    if dist.is_main:
+        store.set_default(request.name)
+    return {"name": request.name, "path": str(target), "params": model.num_params(), **saver.last}
 
-            shutil.rmtree(staging, ignore_errors=True)
-    store.set_default(request.name)
+
+def overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The budget flags given for a resumed run (the rest comes from the stored run)."""
     return {
-        "name": request.name,
-        "path": str(target),
-        "params": model.num_params(),
-        **info["result"],
+        k: v for k, v in (("max_steps", cfg.max_steps), ("max_time", cfg.max_time)) if v is not None
     }
+
+
+def share_tokenizer(
+    tokenizer: Tokenizer | None, dist: Distributed, device: torch.device
+) -> Tokenizer:
+    """Rank 0's tokenizer on every rank (sent as JSON bytes in a tensor, no pickle)."""
+    if not dist.enabled:
+        assert tokenizer is not None
+        return tokenizer
+    import torch.distributed as dist_mod
+
+    from gptcli.tokenizer import HFTokenizer
+
+    payload = tokenizer.to_json().encode() if tokenizer is not None else b""
+    size = torch.tensor([len(payload)], dtype=torch.long, device=device)
+    dist_mod.broadcast(size, 0)
+    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if tokenizer is not None:
+        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    dist_mod.broadcast(buffer, 0)
+    return Tokenizer(HFTokenizer.from_str(bytes(buffer.cpu().tolist()).decode()))
+
+
+class CheckpointWriter:
+    """Writes the whole model directory (weights, state, train.json) and swaps it into place."""
+
+    def __init__(
+        self, store: ModelStore, name: str, tokenizer: Tokenizer, info: dict, replace: bool
+    ) -> None:
+        self.store, self.name, self.tokenizer, self.info = store, name, tokenizer, info
+        self.replace = replace
+        self.last: dict[str, Any] = {}
+
+    def save(
+        self,
+        model: GPT,
+        optimizers: list[torch.optim.Optimizer],
+        state: TrainState,
+        batches: Batches,
+    ) -> None:
+        import dataclasses
+        import shutil
+
+        from gptcli.checkpoint import save_train_state, write_model_dir
+
+        self.last = {
+            "steps": state.step,
+            "tokens": state.history[-1]["tokens"],
+            "train_loss": state.train_loss,
+            "val_loss": state.val_loss,
+            "seconds": round(state.seconds, 3),
+            "stopped": state.stopped or "running",
+        }
+        info = self.info | {"result": self.last, "history": state.history}
+        staging = self.store.staging_dir(self.store.models_dir, self.name)
+        try:
+            write_model_dir(staging, model, self.tokenizer, info)
+            save_train_state(
+                staging / "train_state.safetensors",
+                optimizers,
+                dataclasses.asdict(state),
+                batches.generator,
+            )
+            self.store.commit_dir(staging, self.store.model_dir(self.name), force=self.replace)
+            self.replace = True  # from now on we replace our own checkpoint
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -92,98 +92,203 @@ def default_name(inputs: list[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_")[:100] or "model"
 
 
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="FILE_OR_DIR...", help="Text files, directories of .txt files, or globs."
+    ),
+]
+Name = Annotated[
+    str | None,
+    typer.Option("--name", "-o", help="Model name in the store (default: first file's name)."),
+]
+Preset = Annotated[
+    str,
+    typer.Option(
+        help="Model size: auto (suits data, device and time), tiny, mini, small, base, gpt2."
+    ),
+]
+Family = Annotated[
+    str | None, typer.Option(help="modern (rotary, RMSNorm, Muon; default) or gpt2 (GPT-2 layout).")
+]
+
+# Training flags shared by `train` and `finetune`; None means "the command's default".
+MaxSteps = Annotated[
+    int | None, typer.Option(help="Stop after this many steps (default: 2000 when no --max-time).")
+]
+MaxTime = Annotated[str | None, typer.Option(help="Stop after this long: 30s, 5m, 1h.")]
+BatchSize = Annotated[
+    int | None, typer.Option(help="Sequences per optimizer step, over all processes (default: 16).")
+]
+GradAccum = Annotated[
+    int | None,
+    typer.Option(help="Micro-batches per step, to reach a large batch in little memory."),
+]
+BlockSize = Annotated[int | None, typer.Option(help="Context length (default: the preset's).")]
+Lr = Annotated[
+    float | None,
+    typer.Option(
+        help="Peak AdamW learning rate (embeddings, head, gains; all with --optimizer adamw)."
+    ),
+]
+MuonLr = Annotated[
+    float | None, typer.Option(help="Peak Muon learning rate (matrices in the blocks).")
+]
+Optimizer = Annotated[
+    str | None, typer.Option(help="auto (Muon + AdamW for modern, AdamW for gpt2), muon or adamw.")
+]
+Schedule = Annotated[
+    str | None, typer.Option(help="wsd (warmup, stable, linear cooldown; default) or cosine.")
+]
+WarmupSteps = Annotated[int | None, typer.Option(help="Learning-rate warmup steps.")]
+WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrices.")]
+Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
+EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: 100).")]
+SaveEvery = Annotated[
+    int | None, typer.Option(help="Checkpoint every N steps (default: only at the end).")
+]
+ValFraction = Annotated[
+    float | None,
+    typer.Option(help="Fraction of the text held out for validation, from its end (default: 0.1)."),
+]
+Seed = Annotated[int | None, typer.Option(help="Random seed (default: 1337).")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
+Dtype = Annotated[
+    str | None,
+    typer.Option(
+        help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16, float16."
+    ),
+]
+Compile = Annotated[
+    bool | None,
+    typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA)."),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Continue the stored model of this name exactly where it stopped."
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages.")]
+
+
+def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, **given: Any):  # type: ignore[no-untyped-def]
+    """TrainConfig from the flags that were given, over the command's defaults."""
+    from gptcli.config import TrainConfig, parse_duration
+
+    values = dict(defaults or {})
+    values.update({k: v for k, v in given.items() if v is not None})
+    if max_time is not None:
+        values["max_time"] = parse_duration(max_time)
+    return TrainConfig(**values)
+
+
+def run_training(job: Any, quiet: bool, json_out: bool) -> None:
+    """Runs a training job (a callable taking observer and log) and prints its summary."""
+    with TrainProgress(quiet) as progress:
+        summary = job(progress, lambda m: info(m, quiet))
+    if json_out:
+        print_json(summary)
+        return
+    typer.echo(
+        f"saved {summary['name']}: {summary['steps']} steps, "
+        f"train loss {fmt(summary['train_loss'])}, val loss {fmt(summary['val_loss'])}, "
+        f"{summary['seconds']:.1f}s"
+    )
+    if not quiet:
+        info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
+
+
 def train(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(metavar="FILE_OR_DIR...", help="Text files or directories of .txt files."),
-    ],
-    name: Annotated[
-        str | None,
-        typer.Option("--name", "-o", help="Model name in the store (default: first file's name)."),
-    ] = None,
-    preset: Annotated[
-        str, typer.Option(help="Model size: tiny, mini, small, base, gpt2.")
-    ] = "mini",
+    inputs: Inputs,
+    name: Name = None,
+    preset: Preset = "auto",
+    family: Family = None,
     tokenizer: Annotated[
         str | None,
         typer.Option(
             "--tokenizer",
             "-t",
-            help="bpe (trained on the corpus, default), char, a stored tokenizer, "
-            "or a tokenizer.json path.",
+            help="bpe (trained on the corpus, default), char, "
+            "a stored tokenizer, or a tokenizer.json path.",
         ),
     ] = None,
     vocab_size: Annotated[
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus size).")
     ] = None,
-    max_steps: Annotated[
-        int | None,
-        typer.Option(help="Stop after this many steps (default: 2000 when no --max-time)."),
-    ] = None,
-    max_time: Annotated[str | None, typer.Option(help="Stop after this long: 30s, 5m, 1h.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 16,
-    block_size: Annotated[
-        int | None, typer.Option(help="Context length (default: the preset's).")
-    ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    warmup_steps: Annotated[int, typer.Option(help="Learning-rate warmup steps.")] = 50,
-    dropout: Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 100,
-    val_fraction: Annotated[
-        float, typer.Option(help="Fraction of the text held out for validation (the end of it).")
-    ] = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1337,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace a model of the same name.")
-    ] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages.")] = False,
+    max_steps: MaxSteps = None,
+    max_time: MaxTime = None,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = None,
+    block_size: BlockSize = None,
+    lr: Lr = None,
+    muon_lr: MuonLr = None,
+    optimizer: Optimizer = None,
+    schedule: Schedule = None,
+    warmup_steps: WarmupSteps = None,
+    weight_decay: WeightDecay = None,
+    dropout: Dropout = None,
+    eval_every: EvalEvery = None,
+    save_every: SaveEvery = None,
+    val_fraction: ValFraction = None,
+    seed: Seed = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    compile: Compile = None,
+    resume: Resume = False,
+    force: Force = False,
+    json_out: JsonOut = False,
+    quiet: Quiet = False,
 ) -> None:
-    from gptcli.config import PRESETS, TrainConfig, parse_duration
+    from gptcli.config import FAMILIES, PRESETS
     from gptcli.errors import GptError
     from gptcli.store import ModelStore, check_name
     from gptcli.train import TrainRequest, train_from_scratch
 
-    if preset not in PRESETS:
-        raise GptError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    if preset != "auto" and preset not in PRESETS:
+        raise GptError(f"unknown preset {preset!r} (choose from auto, {', '.join(PRESETS)})")
+    if family is not None and family not in FAMILIES:
+        raise GptError(f"unknown family {family!r} (choose from {', '.join(FAMILIES)})")
     if block_size is not None and block_size < 1:
         raise GptError("--block-size must be at least 1")
-    if warmup_steps < 0:
-        raise GptError("--warmup-steps must be 0 or more")
-    cfg = TrainConfig(
+    if resume and force:
+        raise GptError("--resume and --force do not go together")
+    cfg = train_config(
+        max_time,
         max_steps=max_steps,
-        max_time=parse_duration(max_time) if max_time else None,
         batch_size=batch_size,
+        grad_accum=grad_accum,
         lr=lr,
-        warmup_steps=max(warmup_steps, 1),
+        muon_lr=muon_lr,
+        optimizer=optimizer,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
         eval_every=eval_every,
+        save_every=save_every,
+        val_fraction=val_fraction,
         seed=seed,
         device=device,
-        val_fraction=val_fraction,
+        dtype=dtype,
+        compile=compile,
     )
     request = TrainRequest(
         inputs=inputs,
         name=check_name(name or default_name(inputs)),
         cfg=cfg,
         preset=preset,
+        family=family,
         tokenizer=tokenizer,
         vocab_size=vocab_size,
         block_size=block_size,
         dropout=dropout,
         force=force,
+        resume=resume,
     )
-    with TrainProgress(quiet) as progress:
-        summary = train_from_scratch(request, ModelStore(), progress, log=lambda m: info(m, quiet))
-    if json_out:
-        print_json(summary)
-    else:
-        typer.echo(
-            f"saved {summary['name']}: {summary['steps']} steps, "
-            f"train loss {fmt(summary['train_loss'])}, val loss {fmt(summary['val_loss'])}, "
-            f"{summary['seconds']:.1f}s"
-        )
-        if not quiet:
-            info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
+    run_training(
+        lambda observer, log: train_from_scratch(request, ModelStore(), observer, log),
+        quiet,
+        json_out,
+    )

@@ -1,0 +1,85 @@
+"""Optimizers: Muon for the 2-D matrices inside the blocks, AdamW for everything else.
+
+`torch.optim.Muon` is used where the installed torch has it; `OwnMuon` is the same algorithm
+(momentum, then Newton-Schulz orthogonalisation of the update) for older versions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(update: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix."""
+    a, b, c = NS_COEFFICIENTS
+    x = update.bfloat16()
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if transposed else x).to(update.dtype)
+
+
+class OwnMuon(torch.optim.Optimizer):
+    """Muon (Keller Jordan's), for torch versions without `torch.optim.Muon`."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 0.02,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,  # type: ignore[no-untyped-def]
+        nesterov: bool = True,
+        ns_steps: int = 5,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[no-untyped-def]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_steps"])
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * scale)
+        return None
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden matrices for Muon, the rest for AdamW): embeddings, head and gains go to AdamW."""
+    hidden, other = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_block_matrix = p.dim() == 2 and ".h." in f".{name}"
+        (hidden if is_block_matrix else other).append(p)
+    return hidden, other
+
+
+def make_muon(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if hasattr(torch.optim, "Muon"):
+        return torch.optim.Muon(
+            params, lr=lr, weight_decay=weight_decay, momentum=0.95, nesterov=True
+        )
+    return OwnMuon(params, lr=lr, weight_decay=weight_decay)
