@@ -1,11 +1,14 @@
 """Text files -> token ids (cached as memmaps keyed by content and tokenizer) -> batches.
 
-The validation split is the last `val_fraction` of the text, by characters, like nanoGPT's
-char-level split; files are joined in order with the end-of-text token between them.
+Everything streams: files are read, checked and tokenized a block at a time, so memory does not
+grow with the corpus. The validation split is the last `val_fraction` of the corpus's UTF-8
+bytes (for ASCII text, exactly nanoGPT's character split); files are joined in order with the
+end-of-text token between them.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections.abc import Iterator
@@ -19,11 +22,13 @@ from gptcli.errors import GptError
 from gptcli.store import atomic_path, read_json, write_json_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+BLOCK_BYTES = 4 << 20  # read and tokenize this much at a time
+PIECE_CHARS = 1 << 16  # encode_batch gets pieces this long, spread over all cores
 
 
 def find_text_files(inputs: list[str]) -> list[Path]:
-    """Files as given; a directory means every `.txt` under it (sorted)."""
+    """Files as given; a directory means every `.txt` under it; globs are expanded (sorted)."""
     files: list[Path] = []
     for raw in inputs:
         path = Path(raw).expanduser()
@@ -36,6 +41,13 @@ def find_text_files(inputs: list[str]) -> list[Path]:
             files.append(path)
         elif path.exists():
             raise GptError(f"{path}: not a regular file")
+        elif any(ch in raw for ch in "*?["):
+            root = Path(path.anchor) if path.is_absolute() else Path()
+            pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else raw
+            matches = sorted(p for p in root.glob(pattern) if p.is_file())
+            if not matches:
+                raise GptError(f"{raw}: no files match this pattern")
+            files.extend(matches)
         else:
             raise GptError(f"{path}: no such file or directory")
     if not files:
@@ -43,57 +55,171 @@ def find_text_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_text(path: Path) -> str:
-    """A file's text, refusing what is not UTF-8 text."""
+def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
+    """A file's text in blocks, decoded strictly as UTF-8 (binary and non-UTF-8 refused)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0
+    first = True
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(block_bytes)
+                if b"\x00" in raw:
+                    raise GptError(f"{path}: looks like a binary file, not text")
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    raise GptError(
+                        f"{path}: not UTF-8 text (invalid byte at offset {offset + exc.start}); "
+                        "convert it to UTF-8"
+                    ) from None
+                if first and text:
+                    text = text.removeprefix("\ufeff")
+                    first = False
+                if text:
+                    yield text
+                if not raw:
+                    return
+                offset += len(raw)
     except OSError as exc:
         raise GptError(f"{path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in raw:
-        raise GptError(f"{path}: looks like a binary file, not text")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GptError(
-            f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); convert it to UTF-8"
-        ) from None
-    return text.removeprefix("\ufeff")
 
 
-def split_documents(texts: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
-    """Cuts the concatenated documents at (1 - val_fraction) of their characters."""
-    total = sum(len(t) for t in texts)
-    cut = int(total * (1.0 - val_fraction))
-    train: list[str] = []
-    val: list[str] = []
-    seen = 0
-    for text in texts:
-        if seen + len(text) <= cut:
-            train.append(text)
-        elif seen >= cut:
-            val.append(text)
-        else:
-            train.append(text[: cut - seen])
-            val.append(text[cut - seen :])
-        seen += len(text)
-    return train, val
+def read_text(path: Path) -> str:
+    """A whole file's text (for small inputs such as prompts and evaluation files)."""
+    return "".join(iter_blocks(path))
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    n_bytes: int  # UTF-8 bytes of the text (without a BOM)
+    sha256: str
+
+
+@dataclass
+class Texts:
+    """The corpus as checked: files, sizes and hashes; the text itself is streamed on demand."""
+
+    files: list[SourceFile]
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(f.n_bytes for f in self.files)
+
+    def iter_text(self) -> Iterator[str]:
+        for f in self.files:
+            yield from iter_blocks(f.path)
+
+
+def read_corpus(inputs: list[str]) -> Texts:
+    """Finds and checks every input in one streaming pass. Missing, binary, non-UTF-8 or empty
+    inputs are refused before anything is written."""
+    sources = []
+    any_text = False
+    for path in find_text_files(inputs):
+        digest = hashlib.sha256()
+        n_bytes = 0
+        for block in iter_blocks(path):
+            encoded = block.encode()
+            digest.update(encoded)
+            n_bytes += len(encoded)
+            any_text = any_text or bool(block.strip())
+        sources.append(SourceFile(path, n_bytes, digest.hexdigest()))
+    if not any_text:
+        raise GptError("the corpus is empty: " + ", ".join(str(s.path) for s in sources))
+    return Texts(sources)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-def encode_documents(tokenizer: Tokenizer, docs: list[str]) -> np.ndarray:
-    """Documents -> one id stream, end-of-text between documents."""
-    dtype = token_dtype(tokenizer.vocab_size)
-    parts: list[np.ndarray] = []
-    for i, doc in enumerate(docs):
-        if i and tokenizer.eot_id is not None:
-            parts.append(np.array([tokenizer.eot_id], dtype=dtype))
-        chunks = list(iter_chunks(doc))
-        for ids in tokenizer.encode_batch(chunks):
-            parts.append(np.asarray(ids, dtype=dtype))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str | None]]:
+    """Yields (side, text) in order, side "train" or "val"; (side, None) ends a document.
+
+    The cut is at (1 - val_fraction) of the corpus's UTF-8 bytes, on a character boundary.
+    """
+    cut = int(texts.n_bytes * (1.0 - val_fraction))
+    seen = 0
+    for source in texts.files:
+        side = "train" if seen < cut else "val"
+        for block in iter_blocks(source.path):
+            encoded = block.encode()
+            if side == "train" and seen + len(encoded) > cut:
+                at = cut - seen
+                while at < len(encoded) and (encoded[at] & 0xC0) == 0x80:
+                    at += 1  # step out of a multi-byte character
+                if at:
+                    yield "train", encoded[:at].decode()
+                side = "val"
+                block = encoded[at:].decode()
+            seen += len(encoded)
+            if block:
+                yield side, block
+        yield side, None
+
+
+class TokenWriter:
+    """Appends the ids of one side to a file; text is batched so `encode_batch` uses all cores."""
+
+    def __init__(self, tokenizer: Tokenizer, path: Path) -> None:
+        self.tokenizer = tokenizer
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.file = open(path, "wb")  # noqa: SIM115
+        self.pending = ""
+        self.n_tokens = 0
+        self.n_bytes = 0
+        self.documents = 0
+
+    def add(self, text: str, new_document: bool) -> None:
+        if new_document:
+            self.flush()
+            if self.documents and self.tokenizer.eot_id is not None:
+                self.write_ids([self.tokenizer.eot_id])
+            self.documents += 1
+        self.n_bytes += len(text.encode())
+        self.pending += text
+        if len(self.pending) >= BLOCK_BYTES:
+            chunks = list(iter_chunks(self.pending, PIECE_CHARS))
+            self.pending = chunks.pop()  # its end may not be a safe cut yet
+            self.encode(chunks)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.encode(list(iter_chunks(self.pending, PIECE_CHARS)))
+            self.pending = ""
+
+    def encode(self, chunks: list[str]) -> None:
+        for ids in self.tokenizer.encode_batch(chunks):
+            self.write_ids(ids)
+
+    def write_ids(self, ids: list[int]) -> None:
+        np.asarray(ids, dtype=self.dtype).tofile(self.file)
+        self.n_tokens += len(ids)
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+def encode_corpus(
+    texts: Texts, tokenizer: Tokenizer, val_fraction: float, paths: dict[str, Path]
+) -> dict[str, int]:
+    """Streams the corpus into one id file per side; returns the UTF-8 bytes of each side."""
+    writers = {side: TokenWriter(tokenizer, path) for side, path in paths.items()}
+    starting = dict.fromkeys(paths, True)  # the next text on this side begins a document
+    try:
+        for side, text in split_stream(texts, val_fraction):
+            if text is None:
+                starting[side] = True
+                continue
+            writers[side].add(text, starting[side])
+            starting[side] = False
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {side: writer.n_bytes for side, writer in writers.items()}
 
 
 @dataclass
@@ -130,39 +256,12 @@ def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-@dataclass
-class Texts:
-    """The corpus as read: files in order and their text."""
-
-    files: list[Path]
-    texts: list[str]
-
-    @property
-    def n_bytes(self) -> int:
-        return sum(len(t.encode()) for t in self.texts)
-
-
-def read_corpus(inputs: list[str]) -> Texts:
-    """Finds and reads every input, refusing missing, binary, non-UTF-8 or empty ones."""
-    files = find_text_files(inputs)
-    texts = [read_text(f) for f in files]
-    if not any(t.strip() for t in texts):
-        raise GptError("the corpus is empty: " + ", ".join(str(f) for f in files))
-    return Texts(files, texts)
-
-
 def build_corpus(
-    corpus: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
+    texts: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
 ) -> Corpus:
-    """Splits and tokenizes the corpus, reusing the cache when nothing changed."""
-    files, texts = corpus.files, corpus.texts
+    """Splits and tokenizes the corpus into memmaps, reusing the cache when nothing changed."""
     described = [
-        {
-            "path": str(f.resolve()),
-            "bytes": len(t.encode()),
-            "sha256": hashlib.sha256(t.encode()).hexdigest(),
-        }
-        for f, t in zip(files, texts, strict=True)
+        {"path": str(f.path.resolve()), "bytes": f.n_bytes, "sha256": f.sha256} for f in texts.files
     ]
     key_src = json.dumps(
         [CACHE_VERSION, tokenizer.digest, val_fraction, [d["sha256"] for d in described]]
@@ -171,13 +270,10 @@ def build_corpus(
     meta_path = cache_dir / f"{key}.json"
     paths = {side: cache_dir / f"{key}.{side}.bin" for side in ("train", "val")}
     if not (meta_path.is_file() and all(p.is_file() for p in paths.values())):
-        train_docs, val_docs = split_documents(texts, val_fraction)
-        n_bytes = {}
-        for side, docs in (("train", train_docs), ("val", val_docs)):
-            ids = encode_documents(tokenizer, docs)
-            with atomic_path(paths[side]) as tmp:
-                ids.tofile(tmp)
-            n_bytes[side] = sum(len(d.encode()) for d in docs)
+        with atomic_path(paths["train"]) as train_tmp, atomic_path(paths["val"]) as val_tmp:
+            n_bytes = encode_corpus(
+                texts, tokenizer, val_fraction, {"train": train_tmp, "val": val_tmp}
+            )
         write_json_atomic(meta_path, {"bytes": n_bytes, "files": described})
     meta = read_json(meta_path)
     splits = {
@@ -190,7 +286,11 @@ def build_corpus(
 
 
 class Batches:
-    """Random (x, y) windows from a token array; `fixed` ones for a stable validation loss."""
+    """Random (x, y) windows from a token array; `fixed` ones for a stable validation loss.
+
+    Under DDP every rank draws the same global batch and keeps its own slice, so N processes
+    see exactly the examples one process with the same global batch would.
+    """
 
     def __init__(
         self,
@@ -199,19 +299,25 @@ class Batches:
         block_size: int,
         device: torch.device,
         seed: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if len(tokens) < 2:
             raise GptError("not enough tokens to make a single training example")
         self.tokens = tokens
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per process
         self.block_size = min(block_size, len(tokens) - 1)
         self.device = device
+        self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
     def sample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         high = len(self.tokens) - self.block_size
-        starts = torch.randint(high, (self.batch_size,), generator=generator or self.generator)
-        index = starts.numpy()[:, None] + np.arange(self.block_size + 1)
+        starts = torch.randint(
+            high, (self.batch_size * self.world,), generator=generator or self.generator
+        )
+        mine = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        index = mine.numpy()[:, None] + np.arange(self.block_size + 1)
         window = torch.from_numpy(self.tokens[index].astype(np.int64))
         if self.device.type == "cuda":
             window = window.pin_memory().to(self.device, non_blocking=True)

@@ -401,7 +401,7 @@ def prepare_tokenizer(
         if request.vocab_size is not None:
             raise GptError("--vocab-size only applies when a tokenizer is trained (bpe or char)")
         return Tokenizer.load(store.tokenizer_path(choice))
-    pieces = (chunk for text in texts.texts for chunk in iter_chunks(text))
+    pieces = (chunk for text in texts.iter_text() for chunk in iter_chunks(text))
     if choice == "char":
         log("training a char tokenizer")
         return Tokenizer.train_char(pieces)
@@ -499,7 +499,13 @@ def train_from_scratch(
             f"--grad-accum ({dist.world} x {cfg.grad_accum})"
         )
     train_batches = Batches(
-        corpus.train.tokens, per_process, config.block_size, device, cfg.seed + dist.rank
+        corpus.train.tokens,
+        per_process,
+        config.block_size,
+        device,
+        cfg.seed,
+        dist.rank,
+        dist.world,
     )
     val_batches = None
     if len(corpus.val.tokens) >= 2:

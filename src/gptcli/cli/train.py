@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -186,9 +187,16 @@ def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, *
 
 
 def run_training(job: Any, quiet: bool, json_out: bool) -> None:
-    """Runs a training job (a callable taking observer and log) and prints its summary."""
+    """Runs a training job (a callable taking observer and log) and prints its summary.
+
+    Under torchrun only rank 0 prints.
+    """
+    main_process = os.environ.get("RANK", "0") == "0"
+    quiet = quiet or not main_process
     with TrainProgress(quiet) as progress:
         summary = job(progress, lambda m: info(m, quiet))
+    if not main_process:
+        return
     if json_out:
         print_json(summary)
         return

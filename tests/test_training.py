@@ -1,0 +1,154 @@
+"""Training: optimizer groups, schedule, exact resume after Ctrl+C, DDP equals one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run
+
+from gptcli.config import ModelConfig, TrainConfig
+from gptcli.model import GPT
+from gptcli.optim import OwnMuon, split_parameters
+from gptcli.train import lr_factor, make_optimizers
+
+
+@pytest.mark.parametrize("family", ["modern", "gpt2"])
+def test_optimizer_groups_cover_every_parameter_once(family: str) -> None:
+    model = GPT(
+        ModelConfig(family=family, vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    )
+    optimizers = make_optimizers(model, TrainConfig(), torch.device("cpu"))
+    seen = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+    assert len(set(seen)) == len(seen)
+    if family == "modern":
+        hidden, other = split_parameters(model)
+        assert all(p.dim() == 2 for p in hidden)
+        others = {id(p) for p in other}
+        assert id(model.lm_head.weight) in others and id(model.transformer["wte"].weight) in others
+        assert len(hidden) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per layer
+        assert type(optimizers[0]).__name__ in ("Muon", "OwnMuon")
+
+
+def test_own_muon_matches_torch_muon() -> None:
+    if not hasattr(torch.optim, "Muon"):
+        pytest.skip("this torch has no torch.optim.Muon")
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(48, 16))
+    b = torch.nn.Parameter(a.detach().clone())
+    theirs = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
+    ours = OwnMuon([b], lr=0.02, weight_decay=0.1)
+    for _ in range(5):
+        grad = torch.randn(48, 16)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        theirs.step()
+        ours.step()
+    torch.testing.assert_close(a, b, atol=5e-3, rtol=0)
+
+
+def test_schedules() -> None:
+    wsd = TrainConfig(warmup_steps=10, schedule="wsd", cooldown=0.4)
+    assert lr_factor(0.0, 0, wsd) == pytest.approx(0.1)
+    assert lr_factor(0.5, 50, wsd) == 1.0
+    assert lr_factor(0.8, 80, wsd) == pytest.approx(0.5)
+    assert lr_factor(1.0, 100, wsd) == pytest.approx(0.0)
+    cosine = TrainConfig(warmup_steps=0, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0.5, 50, cosine) == pytest.approx(0.55)
+
+
+def weights(home: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(home / "models" / name / "model.safetensors"))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [str(corpus), "--tokenizer", "char", "--max-steps", "30", "--dropout", "0.1", *TINY]
+    full = json.loads(run("train", *args, "--name", "full", "--json").stdout)
+
+    from gptcli.data import Batches
+
+    original = Batches.sample
+    calls = {"n": 0}
+
+    def sample_then_ctrl_c(self, generator=None):  # type: ignore[no-untyped-def]
+        if generator is None:
+            calls["n"] += 1
+            if calls["n"] == 12:  # Ctrl+C arrives during step 12
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(self, generator)
+
+    monkeypatch.setattr(Batches, "sample", sample_then_ctrl_c)
+    cut = json.loads(run("train", *args, "--name", "cut", "--json").stdout)
+    assert cut["stopped"] == "interrupted" and cut["steps"] == 12
+    monkeypatch.setattr(Batches, "sample", original)
+    resumed = json.loads(run("train", *args, "--name", "cut", "--resume", "--json").stdout)
+    assert resumed["steps"] == 30 and resumed["stopped"] == "max_steps"
+    assert resumed["val_loss"] == full["val_loss"]
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], abs=1e-6)
+    a, b = weights(home, "full"), weights(home, "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_missing_and_changed(home: Path, corpus: Path, tmp_path: Path) -> None:
+    result = run("train", str(corpus), "--name", "ghost", "--resume", code=1)
+    assert "no model named 'ghost'" in result.stderr
+    run("train", str(corpus), "--name", "m", "--tokenizer", "char", "--max-steps", "2", *TINY)
+    other = tmp_path / "other.txt"
+    other.write_text("different text entirely. " * 200)
+    result = run("train", str(other), "--name", "m", "--resume", "--max-steps", "4", code=1)
+    assert "differs" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process(home: Path, corpus: Path) -> None:
+    common = [
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--max-steps",
+        "15",
+        "--json",
+        "--device",
+        "cpu",
+        *TINY,
+    ]
+    single = json.loads(run("train", *common, "--name", "single").stdout)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTCLI_HOME": str(home)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={free_port()}",
+        "--master-addr=127.0.0.1",
+        "-m",
+        "gptcli",
+        "train",
+        *common,
+        "--name",
+        "ddp",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 prints
+    ddp = json.loads(lines[0])
+    assert ddp["steps"] == single["steps"] == 15
+    assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
+    run("generate", "Once", "-m", "ddp", "-n", "5")  # a normal model in the store
