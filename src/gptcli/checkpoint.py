@@ -69,16 +69,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Reads config, tokenizer and weights of a model directory."""
-    config = read_config(directory)
-    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    """Reads config, tokenizer and weights of a model directory (ours or Hugging Face GPT-2)."""
+    from gptcli import hf
+
+    if hf.is_hf_dir(directory):  # converted on the fly, nothing is written
+        config, weights, tokenizer = hf.read_hf_dir(directory)
+    else:
+        config = read_config(directory)
+        tokenizer = Tokenizer.load(directory / "tokenizer.json")
+        weights = read_weights(directory / "model.safetensors")
     if tokenizer.vocab_size > config.vocab_size:
         raise GptError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
             f"{config.vocab_size}"
         )
     model = GPT(config)
-    model.load_weights(read_weights(directory / "model.safetensors"), directory)
+    model.load_weights(weights, directory)
     model.to(device)
     model.eval()
     info_path = directory / "train.json"

@@ -1,4 +1,4 @@
-"""`gpt models list|show|rm|default`: the model store."""
+"""`gpt models list|show|rm|default|import|export`: the model store, and Hugging Face GPT-2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import typer
 from gptcli.cli.console import out, print_json
 
 app = typer.Typer(
-    help="List, inspect, remove and choose stored models.\n\nExample: gpt models list",
+    help="List, inspect, remove and choose stored models; import and export Hugging Face "
+    "GPT-2.\n\nExample: gpt models list",
     no_args_is_help=True,
 )
 
@@ -18,14 +19,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
 
 def summarize(path: Any) -> dict[str, Any]:
     """What the store knows of a model, from its JSON files alone (no weights loaded)."""
+    from gptcli import hf
     from gptcli.config import ModelConfig
     from gptcli.store import count_parameters, read_json
 
-    config = ModelConfig.from_dict(read_json(path / "config.json"))
+    if hf.is_hf_dir(path):
+        config = hf.read_hf_config(path)
+        params = hf.count_hf_parameters(path)
+    else:
+        config = ModelConfig.from_dict(read_json(path / "config.json"))
+        params = count_parameters(path / "model.safetensors")
     info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    params = count_parameters(path / "model.safetensors")
     return {
         "name": path.name,
         "path": str(path),
@@ -154,3 +160,69 @@ def default_cmd(
         return
     store.set_default(name)
     typer.echo(f"default model: {name}")
+
+
+IMPORT_HELP = """Import a Hugging Face GPT-2 model directory into the store.
+
+DIR holds config.json (model_type gpt2), model.safetensors, and tokenizer.json or vocab.json +
+merges.txt, as written by transformers' save_pretrained. Nothing is downloaded. Pickle
+checkpoints (pytorch_model.bin) are refused. The model becomes the default if there is none
+yet. Any command's -m also takes such a directory directly, without importing it.
+
+Example: gpt models import ~/models/gpt2 --name gpt2
+"""
+
+
+@app.command("import", help=IMPORT_HELP)
+def import_cmd(
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Hugging Face GPT-2 directory.")],
+    name: Annotated[
+        str | None, typer.Option(help="Name in the store (default: the directory's name).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    from pathlib import Path
+
+    from gptcli.cli.console import info
+    from gptcli.hf import import_hf_dir
+    from gptcli.store import check_name
+
+    path = Path(directory).expanduser()
+    summary = import_hf_dir(path, check_name(name or path.resolve().name), force)
+    if json_out:
+        print_json(summary)
+        return
+    typer.echo(
+        f"imported {summary['name']}: {human_count(summary['params'])} parameters, "
+        f"context {summary['context']}"
+    )
+    info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
+
+
+EXPORT_HELP = """Write a gpt2-family model as a Hugging Face GPT-2 directory.
+
+transformers loads the result with GPT2LMHeadModel.from_pretrained(DIR) and
+AutoTokenizer.from_pretrained(DIR) and computes the same logits. Models of the modern family
+(rotary, RMSNorm) have no GPT-2 equivalent and are refused.
+
+Example: gpt models export stories ./stories-hf
+"""
+
+
+@app.command("export", help=EXPORT_HELP)
+def export_cmd(
+    name: Annotated[str, typer.Argument(help="Model name or directory.")],
+    directory: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    from pathlib import Path
+
+    from gptcli.hf import export_hf_dir
+
+    summary = export_hf_dir(name, Path(directory).expanduser(), force)
+    if json_out:
+        print_json(summary)
+        return
+    typer.echo(f"exported {summary['name']} to {summary['path']}")

@@ -33,7 +33,12 @@ def load_tokenizer(model: str | None, tokenizer: str | None):  # type: ignore[no
         raise GptError("give either -m MODEL or -t TOKENIZER, not both")
     if tokenizer:
         return Tokenizer.load(store.tokenizer_path(tokenizer))
-    return Tokenizer.load(store.resolve(model) / "tokenizer.json")
+    from gptcli import hf
+
+    path = store.resolve(model)
+    if hf.is_hf_dir(path):
+        return hf.read_hf_tokenizer(path)
+    return Tokenizer.load(path / "tokenizer.json")
 
 
 @app.command(
