@@ -76,13 +76,18 @@ class ModelConfig:
         return cls(**values)
 
 
-# Shapes only; vocab_size comes from the tokenizer unless the preset fixes it (gpt2).
+# Shapes (and the family where it is fixed); vocab_size comes from the tokenizer unless the
+# preset fixes it (gpt2).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
     "mini": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     "base": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "gpt2": dict(
+        family="gpt2", n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257
+    ),
+    # nanoGPT's CPU recipe for Shakespeare (the B1 reference in benchmarks/train_speed.py)
+    "nanogpt-cpu": dict(family="gpt2", n_layer=4, n_head=4, n_embd=128, block_size=64),
 }
 DEFAULT_PRESET = "mini"
 
@@ -131,6 +136,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),
             (self.weight_decay >= 0, "--weight-decay must be 0 or more"),
             (0.0 <= self.cooldown <= 1.0, "--cooldown must be in [0, 1]"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1]"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),
             (self.eval_batches >= 1, "--eval-batches must be at least 1"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),

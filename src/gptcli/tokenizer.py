@@ -139,7 +139,7 @@ class StreamDecoder:
         return text[len(done) :]
 
 
-def iter_chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
+def iter_chunks(text: str, size: int = 1 << 12) -> Iterator[str]:
     """Cut text into pieces of about `size` characters at line ends (for batch encoding)."""
     start = 0
     while start < len(text):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gptcli.config import ModelConfig, TrainConfig
+from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
@@ -420,7 +420,7 @@ def choose_preset(request: TrainRequest, n_train_tokens: int, device: torch.devi
 
 
 def model_config_for(request: TrainRequest, tokenizer: Tokenizer, preset: str) -> ModelConfig:
-    family = request.family or ("gpt2" if preset == "gpt2" else "modern")
+    family = request.family or PRESETS[preset].get("family", "modern")
     config = ModelConfig.from_preset(
         preset,
         family=family,

@@ -141,6 +141,9 @@ Optimizer = Annotated[
 Schedule = Annotated[
     str | None, typer.Option(help="wsd (warmup, stable, linear cooldown; default) or cosine.")
 ]
+MinLrRatio = Annotated[
+    float | None, typer.Option(help="The learning rate decays to this fraction of its peak (default: 0).")
+]
 WarmupSteps = Annotated[int | None, typer.Option(help="Learning-rate warmup steps.")]
 WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrices.")]
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
@@ -236,6 +239,7 @@ def train(
     optimizer: Optimizer = None,
     schedule: Schedule = None,
     warmup_steps: WarmupSteps = None,
+    min_lr_ratio: MinLrRatio = None,
     weight_decay: WeightDecay = None,
     dropout: Dropout = None,
     eval_every: EvalEvery = None,
@@ -273,6 +277,7 @@ def train(
         optimizer=optimizer,
         schedule=schedule,
         warmup_steps=warmup_steps,
+        min_lr_ratio=min_lr_ratio,
         weight_decay=weight_decay,
         eval_every=eval_every,
         save_every=save_every,

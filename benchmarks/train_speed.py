@@ -1,0 +1,106 @@
+"""B1: time to quality on this machine's CPU, our default against nanoGPT's CPU recipe.
+
+Both runs train on ../shared/data/tinyshakespeare.txt with a char tokenizer and the default
+validation split (last 10%), one after the other in a fresh store, and both are scored by
+`gpt eval` over the whole validation split. The nanoGPT recipe is expressed as our
+`nanogpt-cpu` preset (GPT-2 layout, 4 layers x 128, block 64) with its training settings:
+batch 12, AdamW lr 1e-3 (beta2 0.99, weight decay 0.1), 100 warmup steps, cosine decay to 1e-4
+over 2000 steps, no dropout.
+
+    python benchmarks/train_speed.py [--max-time 45s] [--skip-reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+REFERENCE = [
+    "--preset",
+    "nanogpt-cpu",
+    "--batch-size",
+    "12",
+    "--max-steps",
+    "2000",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "1e-3",
+    "--schedule",
+    "cosine",
+    "--min-lr-ratio",
+    "0.1",
+    "--warmup-steps",
+    "100",
+    "--weight-decay",
+    "0.1",
+    "--eval-every",
+    "500",
+]
+
+
+def gpt(*args: str, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "gptcli", *args], env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, flags: list[str], env: dict[str, str]) -> dict:
+    start = time.perf_counter()
+    train = gpt(
+        "train",
+        str(DATA),
+        "--tokenizer",
+        "char",
+        "--name",
+        name,
+        "--json",
+        "--quiet",
+        *flags,
+        env=env,
+    )
+    wall = time.perf_counter() - start
+    score = gpt("eval", name, "--json", env=env)
+    return {
+        "run": name,
+        "wall_s": round(wall, 1),
+        "train_s": train["seconds"],
+        "steps": train["steps"],
+        "params": train["params"],
+        "val_loss": round(score["loss"], 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-time", default="45s")
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "GPTCLI_HOME": home}
+        rows = [measure("gptcli-default", ["--max-time", args.max_time], env)]
+        if not args.skip_reference:
+            rows.append(measure("nanogpt-cpu-recipe", REFERENCE, env))
+    print(
+        f"B1 on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch threads default"
+    )
+    print(f"{'run':<20} {'wall s':>8} {'train s':>8} {'steps':>6} {'params':>9} {'val loss':>9}")
+    for r in rows:
+        print(
+            f"{r['run']:<20} {r['wall_s']:>8} {r['train_s']:>8} {r['steps']:>6} "
+            f"{r['params']:>9,} {r['val_loss']:>9}"
+        )
+
+
+if __name__ == "__main__":
+    main()
