@@ -26,6 +26,7 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     preset: str | None = None
+    labels: list[str] | None = None  # a classifier: one output per label on the last token
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -44,6 +45,10 @@ class ModelConfig:
             )
         if self.family == "modern" and (self.n_embd // self.n_head) % 2:
             raise GptError("model config: the modern family needs an even head size for rotary")
+        if self.labels is not None and (
+            len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)
+        ):
+            raise GptError("model config: a classifier needs at least 2 distinct labels")
         if not 0.0 <= self.dropout < 1.0:
             raise GptError(f"model config: dropout must be in [0, 1), got {self.dropout}")
 

@@ -311,7 +311,8 @@ class Batches:
         self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
 
-    def sample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """A batch as the model's keyword arguments: {"idx": x, "targets": y}."""
         high = len(self.tokens) - self.block_size
         starts = torch.randint(
             high, (self.batch_size * self.world,), generator=generator or self.generator
@@ -323,9 +324,9 @@ class Batches:
             window = window.pin_memory().to(self.device, non_blocking=True)
         else:
             window = window.to(self.device)
-        return window[:, :-1], window[:, 1:]
+        return {"idx": window[:, :-1], "targets": window[:, 1:]}
 
-    def fixed(self, count: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def fixed(self, count: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
         generator = torch.Generator().manual_seed(seed)
         for _ in range(count):
             yield self.sample(generator)

@@ -175,6 +175,8 @@ class GPT(nn.Module):
             cos, sin = rotary_tables(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if config.labels:
+            self.classifier = nn.Linear(config.n_embd, len(config.labels))
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # residual projections, scaled as in GPT-2
@@ -198,11 +200,33 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        cls_positions: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        aux_lm_weight: float = 0.5,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, V), or (B, 1, V) with `last_only`; loss if targets given.
 
-        Targets equal to -100 are not scored.
+        Targets equal to -100 are not scored; a batch with none to score has loss 0, not NaN.
+        With `cls_positions` (B,) the logits are the classifier's (B, labels) at those tokens,
+        and with `labels` the loss is the classification loss + aux_lm_weight x the LM loss.
         """
+        x = self.hidden(idx, cache)
+        if cls_positions is not None:
+            rows = torch.arange(idx.size(0), device=idx.device)
+            logits = self.classifier(x[rows, cls_positions])  # (B, labels)
+            if labels is None:
+                return logits, None
+            loss = F.cross_entropy(logits.float(), labels)
+            if targets is not None and aux_lm_weight:
+                loss = loss + aux_lm_weight * lm_loss(self.lm_head(x), targets)
+            return logits, loss
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        return logits, lm_loss(logits, targets) if targets is not None else None
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> final hidden states (B, T, C), after the last norm."""
         _B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -221,16 +245,30 @@ class GPT(nn.Module):
             x = block(x, rope, cache)
         if cache is not None:
             cache.pos += T
-        x = self.transformer["ln_f"](x)
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-            )
-        return logits, loss
+        return self.transformer["ln_f"](x)
+
+    def grow_vocab(self, vocab_size: int) -> None:
+        """Adds rows to the embedding and head, initialised to the mean of the existing ones."""
+        old = self.config.vocab_size
+        if vocab_size <= old:
+            return
+        extra = vocab_size - old
+        wte = self.transformer["wte"]
+        grown = nn.Embedding(vocab_size, self.config.n_embd).to(wte.weight)
+        with torch.no_grad():
+            grown.weight[:old] = wte.weight
+            grown.weight[old:] = wte.weight.mean(0, keepdim=True).expand(extra, -1)
+        self.transformer["wte"] = grown
+        if self.tied:
+            self.lm_head = nn.Linear(self.config.n_embd, vocab_size, bias=False)
+            self.lm_head.weight = grown.weight
+        else:
+            head = nn.Linear(self.config.n_embd, vocab_size, bias=False).to(self.lm_head.weight)
+            with torch.no_grad():
+                head.weight[:old] = self.lm_head.weight
+                head.weight[old:] = self.lm_head.weight.mean(0, keepdim=True).expand(extra, -1)
+            self.lm_head = head
+        self.config.vocab_size = vocab_size
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())
@@ -241,7 +279,9 @@ class GPT(nn.Module):
     # -- weights on disk ------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
         """State dict without the tied head (safetensors refuses shared tensors)."""
-        state = self.state_dict()
+        from gptcli.lora import merged_weights
+
+        state = merged_weights(self)  # the plain state dict when there are no adapters
         if self.tied:
             state.pop("lm_head.weight", None)
         return {k: v.detach().contiguous() for k, v in state.items()}
@@ -260,3 +300,14 @@ class GPT(nn.Module):
                     f"config expects {tuple(expected[key].shape)}"
                 )
         self.load_state_dict(tensors, strict=False)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss over the scored targets (those not -100); 0 when there are none."""
+    total = F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)),
+        targets.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    return total / (targets != -100).sum().clamp(min=1)

@@ -24,7 +24,7 @@ from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.optim import make_muon, split_parameters
-from gptcli.store import ModelStore
+from gptcli.store import ModelStore, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
 DEFAULT_MAX_STEPS = 2000
@@ -186,9 +186,9 @@ def estimate_loss(
     was_training = model.training
     model.eval()
     losses = []
-    for x, y in batches.fixed(count, seed):
-        with autocast_context(x.device, autocast):
-            losses.append(model(x, y)[1].item())  # type: ignore[union-attr]
+    for batch in batches.fixed(count, seed):
+        with autocast_context(batches.device, autocast):
+            losses.append(model(**batch)[1].item())  # type: ignore[union-attr]
     model.train(was_training)
     return sum(losses) / len(losses)
 
@@ -331,13 +331,13 @@ def train_model(
                     group["lr"] = group["initial_lr"] * factor
             total = 0.0
             for micro in range(cfg.grad_accum):
-                x, y = train.sample()
+                batch = train.sample()
                 sync = micro == cfg.grad_accum - 1 or not dist.enabled
                 with (
                     contextlib.nullcontext() if sync else forward.no_sync(),
                     autocast_context(device, amp),
                 ):  # type: ignore[union-attr]
-                    _, loss = forward(x, y)
+                    _, loss = forward(**batch)
                     assert loss is not None
                     (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
@@ -575,10 +575,17 @@ class CheckpointWriter:
     """Writes the whole model directory (weights, state, train.json) and swaps it into place."""
 
     def __init__(
-        self, store: ModelStore, name: str, tokenizer: Tokenizer, info: dict, replace: bool
+        self,
+        store: ModelStore,
+        name: str,
+        tokenizer: Tokenizer,
+        info: dict,
+        replace: bool,
+        extra_files: dict[str, str] | None = None,
     ) -> None:
         self.store, self.name, self.tokenizer, self.info = store, name, tokenizer, info
         self.replace = replace
+        self.extra_files = extra_files or {}
         self.last: dict[str, Any] = {}
 
     def save(
@@ -605,6 +612,8 @@ class CheckpointWriter:
         staging = self.store.staging_dir(self.store.models_dir, self.name)
         try:
             write_model_dir(staging, model, self.tokenizer, info)
+            for filename, text in self.extra_files.items():
+                write_text_atomic(staging / filename, text)
             save_train_state(
                 staging / "train_state.safetensors",
                 optimizers,

@@ -142,7 +142,8 @@ Schedule = Annotated[
     str | None, typer.Option(help="wsd (warmup, stable, linear cooldown; default) or cosine.")
 ]
 MinLrRatio = Annotated[
-    float | None, typer.Option(help="The learning rate decays to this fraction of its peak (default: 0).")
+    float | None,
+    typer.Option(help="The learning rate decays to this fraction of its peak (default: 0)."),
 ]
 WarmupSteps = Annotated[int | None, typer.Option(help="Learning-rate warmup steps.")]
 WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrices.")]
