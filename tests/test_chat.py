@@ -296,3 +296,36 @@ def test_repl_commands(trained_home: Path, monkeypatch, capsys, tmp_path: Path) 
     assert [m["role"] for m in saved] == ["system", "user", "assistant"]
     assert session.conversation.turns == [] and session.conversation.system == "Be brief."
     assert "/regen" in captured.out and "conversation cleared" in captured.out
+
+
+def test_ctrl_c_during_a_reply_drops_only_that_reply(
+    trained_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gptcli.chat import ChatSession, ReplyStream, load_template
+    from gptcli.checkpoint import load_model
+    from gptcli.cli.chat import Repl
+
+    loaded = load_model(trained_home / "models" / "tiny")
+    template = load_template(loaded.path, loaded.tokenizer)
+    session = ChatSession(loaded.model, loaded.tokenizer, template, ChatSettings(max_tokens=3))
+    session.conversation.add_user("kept")
+    session.conversation.add_assistant("reply")
+    repl = Repl(session, loaded.name, loaded.path)
+
+    def interrupted(self: ReplyStream):  # type: ignore[no-untyped-def]
+        yield "partial"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReplyStream, "__iter__", interrupted)
+    session.conversation.add_user("stopped")
+    repl.respond()
+    assert "partial" in capsys.readouterr().out
+    assert [m["content"] for m in session.conversation.turns] == ["kept", "reply", "stopped"]
+
+
+def test_special_replies_end_at_chat_tokens(chat_tokenizer: Tokenizer) -> None:
+    stops = ChatTemplate().stop_ids(chat_tokenizer)
+    for token in ("<|end|>", "<|user|>", "<|endoftext|>"):
+        assert chat_tokenizer.hf.token_to_id(token) in stops

@@ -421,16 +421,14 @@ def parse_input(text: str) -> Command | str:
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, [*COMMANDS, *COMMAND_ALIASES], n=1)
         hint = f"did you mean /{close[0]}? " if close else ""
-        raise GptError(
-            f"unknown command /{word}: {hint}/help lists the commands "
-            f"(start a message with // to send a line beginning with /)"
-        )
+        raise GptError(f"unknown command /{word}: {hint}/help lists the commands")
     return Command(name, rest[0].strip() if rest else "")
 
 
 def help_text() -> str:
     lines = [f"  {usage:<20} {what}" for usage, what in COMMANDS.values()]
     lines.append('  """ ... """          a multi-line message (or end a line with \\ to go on)')
+    lines.append("  //text               send a message that starts with /")
     lines.append("  Ctrl+C               stop a reply, or clear the line")
     return "\n".join(lines)
 

@@ -228,11 +228,11 @@ class Repl:
             count = conversation.save(path)
             say(f"appended the conversation ({count} messages) to {path}")
 
-    def show_settings(self) -> None:
+    def show_settings(self, indent: str = "  ") -> None:
         from gptcli.chat import SETTINGS, describe_settings
 
         for key, value in describe_settings(self.session.settings):
-            out.print(f"  {key:<19} {value:<8} {SETTINGS[key]}", markup=False)
+            out.print(f"{indent}{key:<19} {value:<8} {SETTINGS[key]}", markup=False)
 
     def show(self) -> None:
         session = self.session
@@ -249,7 +249,7 @@ class Repl:
         for key, value in rows:
             out.print(f"  {key:<8} {value}", markup=False)
         out.print("  settings", markup=False)
-        self.show_settings()
+        self.show_settings(indent="    ")
 
 
 def say(message: str, style: str = "dim") -> None:
