@@ -31,11 +31,10 @@ if TYPE_CHECKING:
 
 HELP = """Chat with a model: a REPL with line editing, history and streamed replies.
 
-A model fine-tuned for chat uses its chat template; any other model chats through a plain
-'User: ... / Assistant: ...' text template. Type /help in the chat for its commands.
+Models fine-tuned for chat use their chat template, others a plain 'User: / Assistant:' one. \
+Type /help in the chat for its commands.
 
-When stdin is not a terminal, each line is a user turn and only the replies are printed,
-one per turn (--json: one JSON object per turn).
+When stdin is not a terminal, each line is a user turn and only the replies are printed.
 
 Example: gpt chat -m tiny --system "You tell short stories."
 """
@@ -180,11 +179,12 @@ class Repl:
             say("[interrupted: the reply is dropped; /regen tries again]")
             sys.stdout.write("\n")
             return
-        sys.stdout.write("\n\n")
+        sys.stdout.write("\n")
         sys.stdout.flush()
         self.session.conversation.add_assistant(stream.text)
         if self.session.settings.stats:
             info(stream.stats.summary())
+        sys.stdout.write("\n")  # a blank line before the next prompt
 
     def run_command(self, command: Command) -> None:
         from gptcli.chat import help_text
