@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gptcli.generate import TextStream
 from gptcli.tokenizer import StreamDecoder, Tokenizer, iter_chunks
 
 SAMPLES = [
@@ -55,6 +56,20 @@ def test_stream_decoder_matches_full_decode(tokenizer: Tokenizer, text: str) -> 
     pieces.append(decoder.flush())
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_text_stream_never_shows_a_stop_string(tokenizer: Tokenizer) -> None:
+    stream = TextStream(tokenizer, ["\nUser:", "😀"])
+    pieces = []
+    for token in tokenizer.encode("emoji and\nUse more\nUser: hidden"):
+        pieces.append(stream.push(token))
+        assert "\nUser" not in "".join(pieces)
+    assert stream.stopped and stream.flush() == ""
+    assert "".join(pieces) == "emoji and\nUse more"
+    unfinished = TextStream(tokenizer, ["\nUser:"])
+    pieces = [unfinished.push(t) for t in tokenizer.encode("ends in\nUs")]
+    assert "".join(pieces) == "ends in" and unfinished.flush() == "\nUs"
+    assert not unfinished.stopped
 
 
 def test_chunks_cover_text_and_keep_bpe_tokens() -> None:

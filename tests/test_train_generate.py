@@ -158,6 +158,7 @@ def test_help_has_examples() -> None:
     for command in (
         ["train"],
         ["generate"],
+        ["chat"],
         ["eval"],
         ["tokenize", "train"],
         ["tokenize", "encode"],

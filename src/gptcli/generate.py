@@ -10,6 +10,7 @@ import torch
 
 from gptcli.model import GPT
 from gptcli.sample import SamplingSettings, apply_repetition_penalty, sample_next_token
+from gptcli.tokenizer import StreamDecoder, Tokenizer
 
 
 @dataclass
@@ -26,6 +27,22 @@ class GenerationStats:
     @property
     def decode_tps(self) -> float:
         return self.new_tokens / self.decode_seconds if self.decode_seconds else 0.0
+
+    def summary(self) -> str:
+        """One line for `--stats`."""
+        return (
+            f"prompt {self.prompt_tokens} tokens at {self.prefill_tps:,.1f} tok/s, "
+            f"generated {self.new_tokens} tokens at {self.decode_tps:,.1f} tok/s"
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """The fields `--json` reports."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "prefill_tokens_per_second": round(self.prefill_tps, 2),
+            "decode_tokens_per_second": round(self.decode_tps, 2),
+        }
 
 
 @torch.inference_mode()
@@ -82,3 +99,51 @@ def generate_tokens(
             logits, _ = model(next_id, cache=cache, last_only=True)
         decode += time.perf_counter() - tick
     stats.decode_seconds = decode
+
+
+def split_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, bool]:
+    """(text safe to emit, text held back, whether a stop string was found)."""
+    if not stops:
+        return text, "", False
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "", True
+    if final:
+        return text, "", False
+    hold = 0  # the longest suffix that is a prefix of some stop string
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:n]):
+                hold = max(hold, n)
+                break
+    return text[: len(text) - hold], text[len(text) - hold :], False
+
+
+class TextStream:
+    """Token ids -> text pieces that never split a UTF-8 character nor show part of a stop string.
+
+    After a stop string is found, `stopped` is true and the text before it has all been emitted.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: list[str] | tuple[str, ...] = ()) -> None:
+        self.decoder = StreamDecoder(tokenizer)
+        self.stops = [s for s in stops if s]
+        self.pending = ""  # held back while it could be the start of a stop string
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.push(token_id)
+        emit, self.pending, self.stopped = split_at_stop(self.pending, self.stops)
+        return emit
+
+    def flush(self) -> str:
+        """The rest of the text, once generation is over."""
+        if self.stopped:
+            return ""
+        emit, _, self.stopped = split_at_stop(
+            self.pending + self.decoder.flush(), self.stops, final=True
+        )
+        self.pending = ""
+        return emit

@@ -90,11 +90,12 @@ def root(
 
 
 def register() -> None:
+    from gptcli.cli import chat, generate, models, tokenize, train
     from gptcli.cli import eval as eval_cmd
-    from gptcli.cli import generate, models, tokenize, train
 
     app.command("train", help=train.HELP)(train.train)
     app.command("generate", help=generate.HELP)(generate.generate)
+    app.command("chat", help=chat.HELP)(chat.chat)
     app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")

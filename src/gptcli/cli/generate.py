@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.console import err, print_json
+from gptcli.cli.console import info, print_json
 
 HELP = """Continue a prompt with a model (the default one unless -m).
 
@@ -25,6 +25,21 @@ ModelOption = Annotated[
         help="Model name or directory (default: the store's default, the last trained).",
     ),
 ]
+
+# Sampling flags, shared with `gpt chat`.
+TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]
+TopKOption = Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")]
+TopPOption = Annotated[
+    float | None,
+    typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1]."),
+]
+MinPOption = Annotated[
+    float | None,
+    typer.Option(help="Drop tokens below this fraction of the top token's probability."),
+]
+RepetitionPenaltyOption = Annotated[float, typer.Option(help="Penalty > 1 discourages repeats.")]
+SeedOption = Annotated[int | None, typer.Option(help="Random seed: same seed, same text.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -50,26 +65,18 @@ def generate(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate.")
     ] = 200,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")] = 0.8,
-    top_k: Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(help="Nucleus sampling: smallest set with this probability mass, in (0, 1]."),
-    ] = None,
-    min_p: Annotated[
-        float | None,
-        typer.Option(help="Drop tokens below this fraction of the top token's probability."),
-    ] = None,
-    repetition_penalty: Annotated[
-        float, typer.Option(help="Penalty > 1 discourages repeats.")
-    ] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Random seed: same seed, same text.")] = None,
+    temperature: TemperatureOption = 0.8,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    min_p: MinPOption = None,
+    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    seed: SeedOption = None,
     num_samples: Annotated[int, typer.Option(help="Number of continuations.")] = 1,
     stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
     ignore_eos: Annotated[
         bool, typer.Option("--ignore-eos", help="Do not stop at end-of-text.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOption = "auto",
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print text as it comes.")
     ] = True,
@@ -95,9 +102,8 @@ def generate(
     import torch
 
     from gptcli.checkpoint import load_model
-    from gptcli.generate import GenerationStats, generate_tokens
+    from gptcli.generate import GenerationStats, TextStream, generate_tokens
     from gptcli.store import ModelStore
-    from gptcli.tokenizer import StreamDecoder
     from gptcli.train import pick_device
 
     loaded = load_model(ModelStore().resolve(model), pick_device(device))
@@ -108,7 +114,7 @@ def generate(
             raise GptError("empty prompt, and the tokenizer has no end-of-text token to start from")
         ids = [tok.eot_id]
     stop_ids = frozenset() if ignore_eos or tok.eot_id is None else frozenset({tok.eot_id})
-    stops = [s for s in (stop or []) if s]
+    stops = stop or []
     live = stream and not json_out
     base_seed = seed if seed is not None else random.randrange(2**62)
     results = []
@@ -116,9 +122,8 @@ def generate(
         generator = torch.Generator(device=next(loaded.model.parameters()).device)
         generator.manual_seed(base_seed + index)
         run = GenerationStats()
-        decoder = StreamDecoder(tok)
+        stream_text = TextStream(tok, stops)
         pieces: list[str] = []
-        pending = ""  # held back while it could be the start of a stop string
         if live:
             if index:
                 sys.stdout.write("\n\n")
@@ -127,57 +132,24 @@ def generate(
         for token in generate_tokens(
             loaded.model, ids, max_new_tokens, settings, generator, stop_ids, run
         ):
-            pending += decoder.push(token)
-            emit, pending, stopped = split_at_stop(pending, stops)
-            pieces.append(emit)
-            if live and emit:
-                sys.stdout.write(emit)
+            pieces.append(stream_text.push(token))
+            if live and pieces[-1]:
+                sys.stdout.write(pieces[-1])
                 sys.stdout.flush()
-            if stopped:
+            if stream_text.stopped:
                 break
-        else:
-            tail, _, _ = split_at_stop(pending + decoder.flush(), stops, final=True)
-            pieces.append(tail)
-            if live and tail:
-                sys.stdout.write(tail)
+        pieces.append(stream_text.flush())
+        if live and pieces[-1]:
+            sys.stdout.write(pieces[-1])
         completion = "".join(pieces)
         if live:
             sys.stdout.write("\n")
             sys.stdout.flush()
         elif not json_out:
             sys.stdout.write(("\n\n" if index else "") + text + completion + "\n")
-        results.append(
-            {
-                "text": completion,
-                "prompt_tokens": run.prompt_tokens,
-                "new_tokens": run.new_tokens,
-                "prefill_tokens_per_second": round(run.prefill_tps, 2),
-                "decode_tokens_per_second": round(run.decode_tps, 2),
-            }
-        )
+        results.append({"text": completion} | run.to_dict())
         if stats:
-            err.print(
-                f"[dim]prompt {run.prompt_tokens} tokens at {run.prefill_tps:,.1f} tok/s, "
-                f"generated {run.new_tokens} tokens at {run.decode_tps:,.1f} tok/s[/dim]"
-            )
+            info(run.summary())
     if json_out:
         base = {"model": loaded.name, "prompt": text}
         print_json(base | results[0] if num_samples == 1 else base | {"samples": results})
-
-
-def split_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, bool]:
-    """(text safe to emit, text held back, whether a stop string was found)."""
-    if not stops:
-        return text, "", False
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    if cut >= 0:
-        return text[:cut], "", True
-    if final:
-        return text, "", False
-    hold = 0  # the longest suffix that is a prefix of some stop string
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return text[: len(text) - hold], text[len(text) - hold :], False

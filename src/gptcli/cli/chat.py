@@ -1,0 +1,294 @@
+"""`gpt chat`: a REPL on a terminal; a clean pipe (one user turn per line) otherwise.
+
+Templates, conversation state, settings and command parsing live in gptcli.chat; this module
+reads input, runs the commands and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gptcli.cli.console import err, info, out, print_json
+from gptcli.cli.generate import (
+    DeviceOption,
+    MinPOption,
+    ModelOption,
+    RepetitionPenaltyOption,
+    SeedOption,
+    TemperatureOption,
+    TopKOption,
+    TopPOption,
+)
+
+if TYPE_CHECKING:
+    from gptcli.chat import ChatSession, Command
+
+HELP = """Chat with a model: a REPL with line editing, history and streamed replies.
+
+Models fine-tuned for chat use their chat template, others a plain 'User: / Assistant:' one. \
+Type /help in the chat for its commands.
+
+When stdin is not a terminal, each line is a user turn and only the replies are printed.
+
+Example: gpt chat -m tiny --system "You tell short stories."
+"""
+
+CONTEXT_NOTICE = "(the context is full: the oldest turns are left out from now on)"
+
+
+def chat(
+    model: ModelOption = None,
+    system: Annotated[str | None, typer.Option(help="System prompt for the conversation.")] = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Most tokens per reply.")
+    ] = 256,
+    temperature: TemperatureOption = 0.8,
+    top_k: TopKOption = None,
+    top_p: TopPOption = None,
+    min_p: MinPOption = None,
+    repetition_penalty: RepetitionPenaltyOption = 1.0,
+    seed: SeedOption = None,
+    device: DeviceOption = "auto",
+    stats: Annotated[
+        bool, typer.Option("--stats", help="Prompt and generation tokens/s on stderr.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Read turns from stdin; one JSON object per turn.")
+    ] = False,
+) -> None:
+    from gptcli.chat import ChatSession, ChatSettings, load_template
+    from gptcli.checkpoint import load_model
+    from gptcli.sample import SamplingSettings
+    from gptcli.store import ModelStore
+    from gptcli.train import pick_device
+
+    sampling = SamplingSettings(temperature, top_k, top_p, min_p, repetition_penalty)
+    settings = ChatSettings(sampling, max_tokens, seed, stats)
+    loaded = load_model(ModelStore().resolve(model), pick_device(device))
+    template = load_template(loaded.path, loaded.tokenizer)
+    session = ChatSession(loaded.model, loaded.tokenizer, template, settings, system)
+    if sys.stdin.isatty() and not json_out:
+        Repl(session, loaded.name, loaded.path).run()
+    else:
+        run_piped(session, loaded.name, json_out)
+
+
+def run_piped(session: ChatSession, name: str, json_out: bool) -> None:
+    """Each non-empty stdin line is a user turn; stdout gets only the replies."""
+    from gptcli.errors import GptError
+
+    notified = False
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise GptError(f"stdin line {number} is not UTF-8 text") from None
+        if not text:
+            continue
+        session.conversation.add_user(text)
+        stream, dropped = session.reply()
+        if dropped and not notified:
+            info(CONTEXT_NOTICE)
+            notified = True
+        for piece in stream:
+            if not json_out:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        session.conversation.add_assistant(stream.text)
+        if json_out:
+            turn = {"model": name, "user": text, "reply": stream.text, "finish": stream.finish}
+            print_json(turn | stream.stats.to_dict())
+        else:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if session.settings.stats:
+            info(stream.stats.summary())
+
+
+class Repl:
+    """The interactive loop: read a message or a command, stream the reply, repeat."""
+
+    def __init__(self, session: ChatSession, name: str, path: Path) -> None:
+        self.session = session
+        self.name = name
+        self.path = path
+        self.notified = False  # the context-full notice is shown once per conversation
+        color = not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        # \001 and \002 tell readline the escapes take no room, so line editing lines up.
+        bold, reset = ("\001\033[1;36m\002", "\001\033[0m\002") if color else ("", "")
+        self.prompt = f"{bold}>>> {reset}"
+        self.continuation = f"{bold}... {reset}"
+
+    def run(self) -> None:
+        history = setup_readline()
+        say(f"Chatting with {self.name} · {self.session.template.describe()}", "bold")
+        say("/help for commands · Ctrl+C stops a reply · Ctrl+D leaves")
+        try:
+            self.loop()
+        finally:
+            save_history(history)
+
+    def loop(self) -> None:
+        from gptcli.chat import Command, InputAssembler, parse_input
+        from gptcli.errors import GptError
+
+        assembler = InputAssembler()
+        while True:
+            try:
+                line = input(self.continuation if assembler.pending else self.prompt)
+            except KeyboardInterrupt:  # clears the line (or an unfinished multi-line message)
+                assembler.reset()
+                sys.stdout.write("\n")
+                continue
+            except EOFError:
+                sys.stdout.write("\n")
+                return
+            text = assembler.feed(line)
+            if text is None:
+                continue
+            try:
+                parsed = parse_input(text)
+                if isinstance(parsed, Command):
+                    if parsed.name == "exit":
+                        return
+                    self.run_command(parsed)
+                elif parsed:
+                    self.session.conversation.add_user(parsed)
+                    self.respond()
+            except GptError as exc:
+                err.print(f"error: {exc}", style="red", markup=False)
+
+    def respond(self) -> None:
+        """Streams the reply to the last user turn; Ctrl+C drops it and keeps the rest."""
+        stream, dropped = self.session.reply()
+        if dropped and not self.notified:
+            say(CONTEXT_NOTICE)
+            self.notified = True
+        try:
+            for piece in stream:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write("\n")
+            say("[interrupted: the reply is dropped; /regen tries again]")
+            sys.stdout.write("\n")
+            return
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        self.session.conversation.add_assistant(stream.text)
+        if self.session.settings.stats:
+            info(stream.stats.summary())
+        sys.stdout.write("\n")  # a blank line before the next prompt
+
+    def run_command(self, command: Command) -> None:
+        from gptcli.chat import help_text
+        from gptcli.errors import GptError
+
+        conversation = self.session.conversation
+        arg = command.arg
+        if command.name == "help":
+            out.print(help_text(), markup=False)
+        elif command.name == "clear":
+            conversation.clear()
+            self.notified = False
+            say("conversation cleared")
+        elif command.name == "system":
+            if not arg:
+                shown = conversation.system or "none (/system TEXT sets one)"
+                say(f"system prompt: {shown}")
+            elif arg.lower() == "off":
+                conversation.system = None
+                say("system prompt removed")
+            else:
+                conversation.system = arg
+                say("system prompt set")
+        elif command.name == "set":
+            if not arg:
+                self.show_settings()
+                return
+            key, _, value = arg.partition(" ")
+            self.session.set(key, value)
+            say(f"{key} is now {value.strip()}")
+        elif command.name == "show":
+            self.show()
+        elif command.name == "regen":
+            if not conversation.undo_reply():
+                raise GptError("nothing to redo yet: send a message first")
+            self.respond()
+        elif command.name == "save":
+            if not arg:
+                raise GptError("usage: /save FILE")
+            path = Path(arg).expanduser()
+            count = conversation.save(path)
+            say(f"appended the conversation ({count} messages) to {path}")
+
+    def show_settings(self, indent: str = "  ") -> None:
+        from gptcli.chat import SETTINGS, describe_settings
+
+        for key, value in describe_settings(self.session.settings):
+            out.print(f"{indent}{key:<19} {value:<8} {SETTINGS[key]}", markup=False)
+
+    def show(self) -> None:
+        session = self.session
+        used, dropped = session.context_used()
+        turns = len(session.conversation.turns)
+        context = f"{used} of {session.context} tokens ({turns} messages"
+        context += f", the oldest {dropped} left out)" if dropped else ")"
+        rows = [
+            ("model", f"{self.name} ({self.path})"),
+            ("mode", session.template.describe()),
+            ("system", session.conversation.system or "none"),
+            ("context", context),
+        ]
+        for key, value in rows:
+            out.print(f"  {key:<8} {value}", markup=False)
+        out.print("  settings", markup=False)
+        self.show_settings(indent="    ")
+
+
+def say(message: str, style: str = "dim") -> None:
+    """A line of the REPL's own (not the model's)."""
+    out.print(message, style=style, markup=False, highlight=False)
+
+
+def setup_readline() -> Path | None:
+    """Line editing, history kept in the store, and tab completion of commands."""
+    try:
+        import readline
+    except ImportError:  # no readline on this platform: plain input() still works
+        return None
+    from gptcli.chat import complete
+    from gptcli.store import store_home
+
+    path = store_home() / "chat_history"
+    with contextlib.suppress(OSError):  # no history yet
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+
+    def completer(text: str, state: int) -> str | None:
+        matches = complete(readline.get_line_buffer())
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(completer)
+    readline.set_completer_delims("")  # complete the whole line, not its last word
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
+    return path
+
+
+def save_history(path: Path | None) -> None:
+    if path is None:
+        return
+    import readline
+
+    with contextlib.suppress(OSError):  # history is a convenience: never fail a chat over it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
