@@ -86,3 +86,13 @@ def test_char_vocabulary_is_characters_plus_bytes() -> None:
     assert tok.kind == "char"
     assert tok.vocab_size == 3 + 256 + 1
     assert tok.encode("abc") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_token_bytes_join_to_the_text(tokenizer: Tokenizer, text: str) -> None:
+    # bits per byte count the bytes of the scored tokens; they must add up to the text's
+    ids = tokenizer.encode(text)
+    joined = b"".join(tokenizer.token_bytes(i) for i in ids)
+    assert joined == text.replace("<|endoftext|>", "").encode()
+    if tokenizer.eot_id is not None:
+        assert tokenizer.token_bytes(tokenizer.eot_id) == b""

@@ -1,31 +1,45 @@
-"""Loss, perplexity and bits per byte of a model on a token stream, with a sliding window.
+"""Measuring a model: loss, perplexity and bits per byte of text, and multiple-choice accuracy.
 
-Scored tokens: every token but the first, which has no context to be predicted from (no BOS
-token is prepended). Bits per byte divide the summed loss by the UTF-8 bytes of the whole text,
-which makes models with different tokenizers comparable.
+Which tokens are scored: every token of a text but the first, which has nothing to be predicted
+from (no BOS token is prepended: most models here never saw one at the start of a text). Bits
+per byte divide the summed loss by the UTF-8 bytes of exactly the scored tokens (the text's
+bytes less its first token's), so models with different tokenizers are compared on the same
+footing.
+
+Texts longer than the context go through a sliding window (`windows`): window k feeds tokens
+from k·stride on, and each token is scored in the first window that holds it as a target, so
+it sees at least context − stride + 1 tokens before it (all of them in the first window).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptcli.data import encode_documents, read_text
 from gptcli.errors import GptError
 from gptcli.model import GPT
+from gptcli.tokenizer import Tokenizer
 
-LOGITS_BUDGET = 1 << 26  # floats of logits per forward pass, to bound memory
+LOGITS_BUDGET = 1 << 24  # floats of logits per forward pass, to bound memory
+MAX_ROWS = 64  # sequences per forward pass: bigger batches are no faster on a CPU
+
+Progress = Callable[[int, int], None]  # (done, total)
 
 
+# -- language modelling ------------------------------------------------------------------------
 @dataclass
 class LMScore:
-    nll: float  # summed negative log-likelihood, nats
-    tokens: int
-    n_bytes: int
+    nll: float  # summed negative log-likelihood of the scored tokens, nats
+    tokens: int  # scored tokens
+    n_bytes: int  # UTF-8 bytes of the scored tokens
 
     @property
     def loss(self) -> float:
@@ -55,17 +69,41 @@ class LMScore:
 
 
 def windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
-    """(begin, end, first_scored): inputs tokens[begin:end] predict tokens[begin+1:end+1];
-    targets before `first_scored` were already scored by an earlier window."""
-    scored_up_to = 0  # targets with index <= this are done (index 0 is never a target)
+    """(begin, end, first_scored) for each window: inputs tokens[begin:end] predict
+    tokens[begin+1:end+1], of which those before `first_scored` an earlier window scored.
+
+    Window k begins at k·stride; with stride == context the windows do not overlap.
+    """
+    done = 0  # targets 1..done are scored (token 0 is never a target)
     begin = 0
-    while scored_up_to < n_tokens - 1:
+    while done < n_tokens - 1:
         end = min(begin + context, n_tokens - 1)
-        yield begin, end, scored_up_to + 1
-        scored_up_to = end
-        begin = max(begin + stride, 0)
-        if begin + context > n_tokens - 1:  # the last window ends at the text's end
-            begin = max(n_tokens - 1 - context, 0)
+        yield begin, end, done + 1
+        done = end
+        begin += stride
+
+
+def scored_bytes(tokenizer: Tokenizer, tokens: np.ndarray, text_bytes: int) -> int:
+    """UTF-8 bytes of the tokens that are scored: all but the first one's."""
+    if len(tokens) == 0:
+        return 0
+    return text_bytes - len(tokenizer.token_bytes(int(tokens[0])))
+
+
+def batch_rows(model: GPT, length: int) -> int:
+    """How many sequences of `length` tokens one forward pass takes."""
+    return max(1, min(MAX_ROWS, LOGITS_BUDGET // (length * model.config.vocab_size)))
+
+
+def target_nll(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed negative log-likelihood of the targets y (-100: not scored) of each row: (B,)."""
+    device = next(model.parameters()).device
+    logits, _ = model(x.to(device))  # (B, T, V)
+    y = y.to(device)
+    nll = F.cross_entropy(
+        logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none"
+    )
+    return nll.view(y.shape).double().sum(dim=1).cpu()
 
 
 @torch.inference_mode()
@@ -74,39 +112,195 @@ def score_tokens(
     tokens: np.ndarray,
     n_bytes: int,
     stride: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> LMScore:
-    """Sums the loss of every token after the first, each predicted once."""
+    """Sums the loss of every token after the first, each predicted once (see `windows`).
+
+    `n_bytes` are the bytes of the scored tokens (`scored_bytes`).
+    """
     context = model.config.block_size
     stride = stride or max(context // 2, 1)
     if not 1 <= stride <= context:
-        raise GptError(f"--stride must be between 1 and the context length ({context})")
-    device = next(model.parameters()).device
+        raise GptError(f"the stride must be between 1 and the context length ({context})")
     ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     n = len(ids)
     if n < 2:
         return LMScore(0.0, 0, n_bytes)
-    batch_rows = max(1, LOGITS_BUDGET // (context * model.config.vocab_size))
     plan = list(windows(n, context, stride))
+    rows = batch_rows(model, min(context, n - 1))
     nll = 0.0
     counted = 0
-    for first in range(0, len(plan), batch_rows):
-        group = plan[first : first + batch_rows]
+    for first in range(0, len(plan), rows):
+        group = plan[first : first + rows]
         length = max(end - begin for begin, end, _ in group)
         x = torch.zeros(len(group), length, dtype=torch.long)
         y = torch.full((len(group), length), -100, dtype=torch.long)
         for row, (begin, end, scored_from) in enumerate(group):
             x[row, : end - begin] = ids[begin:end]
-            targets = ids[begin + 1 : end + 1].clone()
-            skip = scored_from - (begin + 1)
-            targets[:skip] = -100
-            y[row, : end - begin] = targets
-        logits, _ = model(x.to(device))
-        loss = F.cross_entropy(
-            logits.float().flatten(0, 1), y.to(device).flatten(), ignore_index=-100, reduction="sum"
-        )
-        nll += loss.item()
+            skip = scored_from - (begin + 1)  # targets an earlier window scored
+            y[row, skip : end - begin] = ids[scored_from : end + 1]
+        nll += float(target_nll(model, x, y).sum())
         counted += int((y != -100).sum())
         if on_progress:
-            on_progress(min(first + batch_rows, len(plan)), len(plan))
+            on_progress(first + len(group), len(plan))
     return LMScore(nll, counted, n_bytes)
+
+
+def score_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    text: str,
+    stride: int | None = None,
+    on_progress: Progress | None = None,
+) -> LMScore:
+    """`score_tokens` on a text, tokenized as training does."""
+    tokens = encode_documents(tokenizer, [text])
+    n_bytes = scored_bytes(tokenizer, tokens, len(text.encode()))
+    return score_tokens(model, tokens, n_bytes, stride, on_progress)
+
+
+# -- multiple choice ---------------------------------------------------------------------------
+@dataclass
+class ChoiceItem:
+    context: str
+    choices: list[str]
+    label: int  # index of the right choice
+    where: str = ""  # FILE:LINE, for messages
+
+
+@dataclass
+class ChoiceScore:
+    correct: int  # highest log-likelihood on the right choice
+    correct_norm: int  # highest log-likelihood per character on the right choice
+    examples: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else float("nan")
+
+    @property
+    def accuracy_norm(self) -> float:
+        return self.correct_norm / self.examples if self.examples else float("nan")
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_norm": self.accuracy_norm,
+            "examples": self.examples,
+        }
+
+
+def read_choice_file(path: Path) -> list[ChoiceItem]:
+    """`{"context": str, "choices": [str, ...], "label": int}` a line; blank lines are skipped."""
+    items = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GptError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise GptError(f"{where}: expected a JSON object")
+        missing = [k for k in ("context", "choices", "label") if k not in record]
+        if missing:
+            raise GptError(f"{where}: missing key {missing[0]!r}")
+        context, choices, label = record["context"], record["choices"], record["label"]
+        if not isinstance(context, str):
+            raise GptError(f"{where}: 'context' must be a string")
+        if not isinstance(choices, list) or not choices:
+            raise GptError(f"{where}: 'choices' must be a non-empty list")
+        if not all(isinstance(c, str) and c for c in choices):
+            raise GptError(f"{where}: every choice must be a non-empty string")
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise GptError(f"{where}: 'label' must be an integer (the index of the right choice)")
+        if not 0 <= label < len(choices):
+            raise GptError(f"{where}: label {label} is out of range for {len(choices)} choices")
+        items.append(ChoiceItem(context, choices, label, where))
+    if not items:
+        raise GptError(f"{path}: no examples")
+    return items
+
+
+def choice_sequence(
+    tokenizer: Tokenizer, item: ChoiceItem, index: int, context_len: int
+) -> tuple[list[int], int]:
+    """(ids, n_choice_tokens): context and choice as one sequence, the choice's tokens last.
+
+    The choice's tokens are those where the encoding of context + choice leaves the encoding
+    of the context alone (a token merged across the seam counts as the choice's). A context
+    longer than the window is cut on the left.
+    """
+    choice = item.choices[index]
+    context_ids = tokenizer.encode(item.context)
+    ids = tokenizer.encode(item.context + choice)
+    common = 0
+    for a, b in zip(context_ids, ids, strict=False):
+        if a != b:
+            break
+        common += 1
+    if common == 0:  # nothing to predict the first token from: start after an end of text
+        if tokenizer.eot_id is None:
+            raise GptError(f"{item.where}: the context is empty and the tokenizer has no BOS")
+        ids = [tokenizer.eot_id, *ids]
+        common = 1
+    n_choice = len(ids) - common
+    if n_choice > context_len:
+        raise GptError(
+            f"{item.where}: choice {index} is {n_choice} tokens, "
+            f"longer than the model's context ({context_len})"
+        )
+    return ids[-(context_len + 1) :], n_choice
+
+
+@torch.inference_mode()
+def choice_loglikelihoods(
+    model: GPT,
+    tokenizer: Tokenizer,
+    items: list[ChoiceItem],
+    on_progress: Progress | None = None,
+) -> list[list[float]]:
+    """The log-likelihood of each choice given its context (nats), item by item."""
+    context = model.config.block_size
+    requests = [
+        (i, j, *choice_sequence(tokenizer, item, j, context))
+        for i, item in enumerate(items)
+        for j in range(len(item.choices))
+    ]
+    requests.sort(key=lambda r: -len(r[2]))  # similar lengths share a batch: little padding
+    result = [[0.0] * len(item.choices) for item in items]
+    done = 0
+    while done < len(requests):
+        length = len(requests[done][2]) - 1
+        group = requests[done : done + batch_rows(model, length)]
+        x = torch.zeros(len(group), length, dtype=torch.long)
+        y = torch.full((len(group), length), -100, dtype=torch.long)
+        for row, (_, _, ids, n_choice) in enumerate(group):
+            seq = torch.tensor(ids, dtype=torch.long)
+            x[row, : len(ids) - 1] = seq[:-1]
+            y[row, len(ids) - 1 - n_choice : len(ids) - 1] = seq[-n_choice:]
+        for (i, j, _, _), nll in zip(group, target_nll(model, x, y).tolist(), strict=True):
+            result[i][j] = -nll
+        done += len(group)
+        if on_progress:
+            on_progress(done, len(requests))
+    return result
+
+
+def score_choices(
+    model: GPT,
+    tokenizer: Tokenizer,
+    items: list[ChoiceItem],
+    on_progress: Progress | None = None,
+) -> ChoiceScore:
+    """Accuracy of picking the likeliest choice, and of the likeliest per character of the
+    choice (lm-evaluation-harness's `acc_norm`). Choices are appended to the context as is."""
+    lls = choice_loglikelihoods(model, tokenizer, items, on_progress)
+    correct = correct_norm = 0
+    for item, ll in zip(items, lls, strict=True):
+        scores = np.array(ll)
+        lengths = np.array([len(c) for c in item.choices], dtype=np.float64)
+        correct += int(np.argmax(scores)) == item.label
+        correct_norm += int(np.argmax(scores / lengths)) == item.label
+    return ChoiceScore(correct, correct_norm, len(items))

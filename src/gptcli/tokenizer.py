@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,21 @@ from gptcli.errors import GptError
 
 EOT = "<|endoftext|>"
 MAX_CHAR_VOCAB = 60_000
+BYTE_FALLBACK = re.compile(r"<0x([0-9A-F]{2})>")
+
+
+def byte_level_decode_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character -> byte: printable bytes stand for themselves,
+    the others are shifted to code points from 256 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    table = {chr(b): b for b in printable}
+    shifted = (b for b in range(256) if b not in table.values())
+    for n, b in enumerate(shifted):
+        table[chr(256 + n)] = b
+    return table
+
+
+BYTE_LEVEL_DECODE = byte_level_decode_table()
 
 
 class Tokenizer:
@@ -109,6 +125,19 @@ class Tokenizer:
     def pieces(self, ids: list[int]) -> list[str]:
         """The text each id stands for on its own (for showing a tokenization)."""
         return [self.decode([i]) for i in ids]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The UTF-8 bytes a token stands for (possibly part of a character); b"" for special
+        tokens. Joined over an encoding, they give back the text's bytes exactly."""
+        if token_id in self.hf.get_added_tokens_decoder():  # end of text, chat markers
+            return b""
+        piece = self.hf.id_to_token(token_id)
+        if piece is None:
+            raise GptError(f"token id {token_id} is out of range")
+        if self.kind == "char":
+            fallback = BYTE_FALLBACK.fullmatch(piece)
+            return bytes([int(fallback.group(1), 16)]) if fallback else piece.encode()
+        return bytes(BYTE_LEVEL_DECODE[ch] for ch in piece)
 
 
 class StreamDecoder:

@@ -1,28 +1,104 @@
-"""`gpt eval`: loss, perplexity and bits per byte, one row per model."""
+"""`gpt eval`: loss, perplexity, bits per byte or multiple-choice accuracy, a row per model."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
 
-HELP = """Measure models: mean loss per token (nats), perplexity and bits per byte.
+HELP = """Measure models, one row per model: mean loss per token (nats), perplexity and bits per
+byte, or multiple-choice accuracy.
 
-Without --data a model is scored on its own validation split (the text held out when it was
-trained). Texts longer than the context are scored with a sliding window (--stride, default half
-the context), so every token but the first is predicted exactly once; no BOS token is prepended,
-so the first token of each text is not scored. Bits per byte divide the total loss by the text's
-UTF-8 bytes, so models with different tokenizers compare fairly.
+--task lm (default): without --data a model is scored on its own validation split (the text
+held out when it was trained), with --data on those text files (a directory means every .txt
+under it). Scored tokens: every token of a text except the first, which has nothing before it
+to be predicted from (no BOS token is prepended). Texts longer than the context are scored with
+a sliding window: window k starts at token k*stride (--stride, default half the context) and
+each token is scored once, in the first window that holds it, so it sees at least
+context - stride + 1 tokens before it; --stride equal to the context gives non-overlapping
+windows. A text that fits in the context is scored in one pass. Bits per byte = total loss in
+bits / UTF-8 bytes of the scored tokens (the text's bytes less its first token's), so models
+with different tokenizers, char and BPE, compare fairly.
+
+--task choice --data FILE.jsonl: one {"context": ..., "choices": [...], "label": INDEX} a line.
+Each choice is appended to the context as is (give it its leading space) and scored by the
+log-likelihood of its tokens given the context (cut on the left to fit the window). Reported:
+accuracy (likeliest choice) and accuracy_norm (likeliest per character of the choice, as
+lm-evaluation-harness's acc_norm).
+
+--task classify: for classifier models (not yet available).
 
 Example: gpt eval stories other-model --data test.txt
+Example: gpt eval --task choice --data examples/choice.jsonl
 """
+
+# Keys a classifier model's config.json carries; replace with the real field when they land.
+CLASSIFIER_KEYS = ("labels", "n_classes")
+
+
+class Task(str, Enum):
+    lm = "lm"
+    choice = "choice"
+    classify = "classify"
+
+
+class EvalProgress:
+    """One transient rich progress bar on stderr when it is a terminal; nothing otherwise."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> EvalProgress:
+        if stderr_is_tty():
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def track(self, description: str, unit: str):  # type: ignore[no-untyped-def]
+        """A (done, total) callback that moves the bar, or None when there is no bar."""
+        if self.progress is None:
+            return None
+        if self.task is None:
+            self.task = self.progress.add_task(description, total=None, unit=unit)
+        else:
+            self.progress.reset(self.task, description=description, total=None, unit=unit)
+
+        def report(done: int, total: int) -> None:
+            self.progress.update(self.task, completed=done, total=total)
+
+        return report
 
 
 def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
-    """The validation split recorded at training time: (tokens, bytes)."""
+    """The validation split recorded at training time: (tokens, UTF-8 bytes of its text)."""
     from gptcli.data import build_corpus, load_tokens, read_corpus
     from gptcli.errors import GptError
 
@@ -50,91 +126,152 @@ def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
     return corpus.val.tokens, corpus.val.n_bytes
 
 
+def is_classifier(model_dir: Path) -> bool:
+    from gptcli.store import read_json
+
+    config = read_json(model_dir / "config.json")
+    return isinstance(config, dict) and any(config.get(k) for k in CLASSIFIER_KEYS)
+
+
+def jsonl_files(data: list[str]) -> list[Path]:
+    from gptcli.errors import GptError
+
+    for raw in data:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise GptError(f"{path}: no such file")
+        if not path.is_file():
+            raise GptError(f"{path}: not a file (--task choice reads JSONL files)")
+    return [Path(raw).expanduser() for raw in data]
+
+
 def evaluate(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[MODEL]...", help="Model names or directories (default: the default model)."
+            metavar="MODEL", help="Model names or directories (default: the default model)."
         ),
     ] = None,
     data: Annotated[
         list[str] | None,
         typer.Option(
-            "--data", "-d", help="Text file(s) to score (repeatable) (default: validation split)."
+            "--data",
+            "-d",
+            help="File(s) to score, repeatable: text for --task lm (default: the validation "
+            "split), JSONL for --task choice.",
         ),
     ] = None,
+    task: Annotated[
+        Task, typer.Option(help="lm: loss and bits per byte; choice: multiple choice accuracy.")
+    ] = Task.lm,
     stride: Annotated[
-        int | None, typer.Option(help="Sliding-window step in tokens (default: half the context).")
+        int | None,
+        typer.Option(help="Sliding-window step in tokens, 1 to the context (default: half)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per model on stdout.")
     ] = False,
 ) -> None:
-    import numpy as np
-
     from gptcli.checkpoint import load_model
     from gptcli.data import find_text_files, read_text
     from gptcli.errors import GptError
-    from gptcli.evaluate import LMScore, score_tokens
+    from gptcli.evaluate import (
+        LMScore,
+        read_choice_file,
+        score_choices,
+        score_text,
+        score_tokens,
+        scored_bytes,
+    )
     from gptcli.store import ModelStore
-    from gptcli.tokenizer import iter_chunks
     from gptcli.train import pick_device
 
+    store = ModelStore()
+    model_dirs = [store.resolve(ref) for ref in models or [None]]
+    if task is Task.classify:
+        for model_dir in model_dirs:
+            if not is_classifier(model_dir):
+                raise GptError(
+                    f"{model_dir.name} is not a classifier model "
+                    "(--task classify needs one fine-tuned with --task classify)"
+                )
+        raise GptError("--task classify: evaluating classifier models is not supported yet")
+    if stride is not None and task is not Task.lm:
+        raise GptError("--stride only applies to --task lm")
     if stride is not None and stride < 1:
         raise GptError("--stride must be at least 1")
-    store = ModelStore()
-    files = find_text_files(data) if data else []
-    texts = [read_text(f) for f in files]
+    if task is Task.choice:
+        if not data:
+            raise GptError("--task choice needs --data FILE.jsonl")
+        items = [item for path in jsonl_files(data) for item in read_choice_file(path)]
+    else:
+        files = find_text_files(data) if data else []
+        texts = [(f.name, read_text(f)) for f in files]
     dev = pick_device(device)
+
     rows = []
-    for ref in models or [None]:
-        loaded = load_model(store.resolve(ref), dev)
-        if texts:
-            score = LMScore(0.0, 0, 0)
-            for text in texts:
-                ids = [
-                    i
-                    for chunk in loaded.tokenizer.encode_batch(list(iter_chunks(text)))
-                    for i in chunk
-                ]
-                score = score + score_tokens(
-                    loaded.model, np.array(ids), len(text.encode()), stride
-                )
-        else:
-            tokens, n_bytes = validation_tokens(loaded, store)
-            if len(tokens) < 2:
-                raise GptError(f"{loaded.name}: the validation split is empty: pass --data FILE")
-            score = score_tokens(loaded.model, tokens, n_bytes, stride, progress_bar(loaded.name))
-        if score.tokens == 0:
-            raise GptError("nothing to score: the text has fewer than 2 tokens")
-        rows.append({"model": loaded.name} | score.as_dict())
-        if json_out:
-            print_json(rows[-1])
+    with EvalProgress() as progress:
+        for model_dir in model_dirs:
+            loaded = load_model(model_dir, dev)
+            name = loaded.name
+            if task is Task.choice:
+                result: dict[str, Any] = score_choices(
+                    loaded.model, loaded.tokenizer, items, progress.track(name, "choices")
+                ).as_dict()
+            else:
+                context = loaded.model.config.block_size
+                if stride is not None and stride > context:
+                    raise GptError(
+                        f"--stride {stride} is more than the context of {name} ({context})"
+                    )
+                if texts:
+                    score = LMScore(0.0, 0, 0)
+                    for label, text in texts:
+                        track = progress.track(f"{name} · {label}", "windows")
+                        score = score + score_text(
+                            loaded.model, loaded.tokenizer, text, stride, track
+                        )
+                    if score.tokens == 0:
+                        raise GptError("nothing to score: every text has fewer than 2 tokens")
+                else:
+                    tokens, text_bytes = validation_tokens(loaded, store)
+                    if len(tokens) < 2:
+                        raise GptError(f"{name}: the validation split is empty: pass --data FILE")
+                    n_bytes = scored_bytes(loaded.tokenizer, tokens, text_bytes)
+                    track = progress.track(f"{name} · validation", "windows")
+                    score = score_tokens(loaded.model, tokens, n_bytes, stride, track)
+                result = score.as_dict()
+            rows.append({"model": name, "task": task.value} | result)
+            if json_out:
+                print_json(rows[-1])
+            del loaded
     if not json_out:
-        from rich.table import Table
-
-        table = Table(box=None, header_style="bold")
-        for column in ("model", "loss", "perplexity", "bits/byte", "tokens", "bytes"):
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for r in rows:
-            table.add_row(
-                r["model"],
-                f"{r['loss']:.4f}",
-                f"{r['perplexity']:.2f}",
-                f"{r['bits_per_byte']:.4f}",
-                f"{r['tokens']:,}",
-                f"{r['bytes']:,}",
-            )
-        out.print(table)
+        print_table(rows, task)
 
 
-def progress_bar(name: str):  # type: ignore[no-untyped-def]
-    """A callback that reports window progress on stderr when it is a terminal."""
-    if not stderr_is_tty():
-        return None
+def print_table(rows: list[dict[str, Any]], task: Task) -> None:
+    from rich.table import Table
 
-    def report(done: int, total: int) -> None:
-        err.print(f"[dim]{name}: {done}/{total} windows[/dim]", end="\r")
-
-    return report
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    if task is Task.choice:
+        columns = {
+            "model": lambda r: r["model"],
+            "accuracy": lambda r: f"{r['accuracy']:.4f}",
+            "acc_norm": lambda r: f"{r['accuracy_norm']:.4f}",
+            "examples": lambda r: f"{r['examples']:,}",
+        }
+    else:
+        columns = {
+            "model": lambda r: r["model"],
+            "loss": lambda r: f"{r['loss']:.4f}",
+            "perplexity": lambda r: f"{r['perplexity']:.2f}",
+            "bits/byte": lambda r: f"{r['bits_per_byte']:.4f}",
+            "tokens": lambda r: f"{r['tokens']:,}",
+            "bytes": lambda r: f"{r['bytes']:,}",
+        }
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in rows:
+        table.add_row(*(cell(r) for cell in columns.values()))
+    out.print(table)
