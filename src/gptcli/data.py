@@ -135,6 +135,16 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
+def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """One text's ids, encoded in short pieces on all cores (same ids as a single encode)."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    ids = [
+        np.asarray(piece, dtype=dtype)
+        for piece in tokenizer.encode_batch(list(iter_chunks(text, PIECE_CHARS)))
+    ]
+    return np.concatenate(ids) if ids else np.zeros(0, dtype=dtype)
+
+
 def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str | None]]:
     """Yields (side, text) in order, side "train" or "val"; (side, None) ends a document.
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptcli.data import encode_documents, read_text
+from gptcli.data import encode_text, read_text
 from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.tokenizer import Tokenizer
@@ -154,7 +154,7 @@ def score_text(
     on_progress: Progress | None = None,
 ) -> LMScore:
     """`score_tokens` on a text, tokenized as training does."""
-    tokens = encode_documents(tokenizer, [text])
+    tokens = encode_text(tokenizer, text)
     n_bytes = scored_bytes(tokenizer, tokens, len(text.encode()))
     return score_tokens(model, tokens, n_bytes, stride, on_progress)
 

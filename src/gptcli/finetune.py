@@ -158,7 +158,7 @@ def classify_examples(
         if label not in index:
             raise GptError(f"{where}: label {label!r} is not one of the model's labels")
         ids = classify_ids(tokenizer, text, block_size, cls_id)
-        targets = ids[1:-1] + [-100]  # the LM does not learn to predict the classify token
+        targets = [*ids[1:-1], -100]  # the LM does not learn to predict the classify token
         examples.append(Example(ids, targets, len(ids) - 1, index[label]))
     return examples, labels
 
