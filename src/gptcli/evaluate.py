@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -304,3 +305,94 @@ def score_choices(
         correct += int(np.argmax(scores)) == item.label
         correct_norm += int(np.argmax(scores / lengths)) == item.label
     return ChoiceScore(correct, correct_norm, len(items))
+
+
+# -- classification ---------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def classify_probs(
+    model: GPT,
+    tokenizer: Tokenizer,
+    texts: list[str],
+    batch_size: int = 32,
+    on_progress: Progress | None = None,
+) -> torch.Tensor:
+    """Label probabilities (N, labels) of a classifier model for each text."""
+    from gptcli.finetune import classify_ids, classify_token_id
+
+    if not model.config.labels:
+        raise GptError("not a classifier model (fine-tune one with --task classify)")
+    cls_id = classify_token_id(tokenizer)
+    device = next(model.parameters()).device
+    rows = [classify_ids(tokenizer, t, model.config.block_size, cls_id) for t in texts]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        idx = torch.zeros(len(chunk), max(len(r) for r in chunk), dtype=torch.long)
+        for i, r in enumerate(chunk):
+            idx[i, : len(r)] = torch.tensor(r)
+        positions = torch.tensor([len(r) - 1 for r in chunk])
+        logits, _ = model(idx.to(device), cls_positions=positions.to(device))
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+        if on_progress:
+            on_progress(min(start + batch_size, len(rows)), len(rows))
+    return torch.cat(out)
+
+
+@dataclass
+class ClassifyScore:
+    labels: list[str]
+    confusion: list[list[int]]  # [true][predicted]
+
+    @property
+    def examples(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    @property
+    def accuracy(self) -> float:
+        right = sum(self.confusion[i][i] for i in range(len(self.labels)))
+        return right / self.examples if self.examples else float("nan")
+
+    def per_label(self) -> dict[str, dict[str, float]]:
+        result = {}
+        for i, label in enumerate(self.labels):
+            predicted = sum(row[i] for row in self.confusion)
+            actual = sum(self.confusion[i])
+            hit = self.confusion[i][i]
+            result[label] = {
+                "precision": hit / predicted if predicted else 0.0,
+                "recall": hit / actual if actual else 0.0,
+                "support": actual,
+            }
+        return result
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accuracy": self.accuracy,
+            "examples": self.examples,
+            "labels": self.labels,
+            "per_label": self.per_label(),
+            "confusion": self.confusion,
+        }
+
+
+def score_classifier(
+    model: GPT,
+    tokenizer: Tokenizer,
+    items: list[tuple[str, str, str]],
+    on_progress: Progress | None = None,
+) -> ClassifyScore:
+    """Accuracy and confusion matrix on (text, label, where) items."""
+    labels = list(model.config.labels or [])
+    index = {label: i for i, label in enumerate(labels)}
+    for _, label, where in items:
+        if label not in index:
+            raise GptError(
+                f"{where}: label {label!r} is not one of the model's labels ({', '.join(labels)})"
+            )
+    probs = classify_probs(model, tokenizer, [t for t, _, _ in items], on_progress=on_progress)
+    confusion = [[0] * len(labels) for _ in labels]
+    for (_, label, _), predicted in zip(items, probs.argmax(dim=-1).tolist(), strict=True):
+        confusion[index[label]][predicted] += 1
+    return ClassifyScore(labels, confusion)

@@ -135,10 +135,8 @@ def chat_examples(files: list[Path], tokenizer: Tokenizer, block_size: int) -> l
     return examples
 
 
-def classify_examples(
-    files: list[Path], tokenizer: Tokenizer, block_size: int, labels: list[str] | None = None
-) -> tuple[list[Example], list[str]]:
-    """Labelled texts -> examples; the label set is given (resume) or taken from the data."""
+def read_labelled(files: list[Path]) -> list[tuple[str, str, str]]:
+    """(text, label, "file:line") for each line {"text": ..., "label": ...}."""
     records = []
     for path in files:
         for number, record in read_jsonl(path):
@@ -148,11 +146,21 @@ def classify_examples(
             if not isinstance(label, (str, int)) or isinstance(label, bool):
                 raise GptError(f"{path}:{number}: needs a 'label' (a string)")
             records.append((text, str(label), f"{path}:{number}"))
+    if not records:
+        raise GptError("no labelled lines in " + ", ".join(str(f) for f in files))
+    return records
+
+
+def classify_examples(
+    files: list[Path], tokenizer: Tokenizer, block_size: int, labels: list[str] | None = None
+) -> tuple[list[Example], list[str]]:
+    """Labelled texts -> examples; the label set is given (resume) or taken from the data."""
+    records = read_labelled(files)
     labels = labels or sorted({label for _, label, _ in records})
     if len(labels) < 2:
         raise GptError("classification needs at least two different labels in the data")
     index = {label: i for i, label in enumerate(labels)}
-    cls_id = tokenizer.hf.token_to_id(CLASSIFY_TOKEN)
+    cls_id = classify_token_id(tokenizer)
     examples = []
     for text, label, where in records:
         if label not in index:
@@ -161,6 +169,13 @@ def classify_examples(
         targets = [*ids[1:-1], -100]  # the LM does not learn to predict the classify token
         examples.append(Example(ids, targets, len(ids) - 1, index[label]))
     return examples, labels
+
+
+def classify_token_id(tokenizer: Tokenizer) -> int:
+    token = tokenizer.hf.token_to_id(CLASSIFY_TOKEN)
+    if token is None:
+        raise GptError(f"the tokenizer has no {CLASSIFY_TOKEN} token: not a classifier model")
+    return token
 
 
 def classify_ids(tokenizer: Tokenizer, text: str, block_size: int, cls_id: int) -> list[int]:

@@ -90,13 +90,15 @@ def root(
 
 
 def register() -> None:
-    from gptcli.cli import chat, generate, models, tokenize, train
+    from gptcli.cli import chat, classify, finetune, generate, models, tokenize, train
     from gptcli.cli import eval as eval_cmd
 
     app.command("train", help=train.HELP)(train.train)
+    app.command("finetune", help=finetune.HELP)(finetune.finetune)
     app.command("generate", help=generate.HELP)(generate.generate)
     app.command("chat", help=chat.HELP)(chat.chat)
     app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
+    app.command("classify", help=classify.HELP)(classify.classify)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")
 

@@ -30,14 +30,15 @@ log-likelihood of its tokens given the context (cut on the left to fit the windo
 accuracy (likeliest choice) and accuracy_norm (likeliest per character of the choice, as
 lm-evaluation-harness's acc_norm).
 
---task classify: for classifier models (not yet available).
+--task classify --data FILE.jsonl: one {"text": ..., "label": ...} a line, for classifier models
+(fine-tuned with --task classify): accuracy, per-label precision and recall, confusion matrix.
 
 Example: gpt eval stories other-model --data test.txt
 Example: gpt eval --task choice --data examples/choice.jsonl
 """
 
-# Keys a classifier model's config.json carries; replace with the real field when they land.
-CLASSIFIER_KEYS = ("labels", "n_classes")
+# A classifier model's config.json names its labels.
+CLASSIFIER_KEYS = ("labels",)
 
 
 class Task(str, Enum):
@@ -180,10 +181,12 @@ def evaluate(
         LMScore,
         read_choice_file,
         score_choices,
+        score_classifier,
         score_text,
         score_tokens,
         scored_bytes,
     )
+    from gptcli.finetune import read_labelled
     from gptcli.store import ModelStore
     from gptcli.train import pick_device
 
@@ -196,7 +199,9 @@ def evaluate(
                     f"{model_dir.name} is not a classifier model "
                     "(--task classify needs one fine-tuned with --task classify)"
                 )
-        raise GptError("--task classify: evaluating classifier models is not supported yet")
+        if not data:
+            raise GptError("--task classify needs --data FILE.jsonl")
+        labelled = read_labelled(jsonl_files(data))
     if stride is not None and task is not Task.lm:
         raise GptError("--stride only applies to --task lm")
     if stride is not None and stride < 1:
@@ -218,6 +223,10 @@ def evaluate(
             if task is Task.choice:
                 result: dict[str, Any] = score_choices(
                     loaded.model, loaded.tokenizer, items, progress.track(name, "choices")
+                ).as_dict()
+            elif task is Task.classify:
+                result = score_classifier(
+                    loaded.model, loaded.tokenizer, labelled, progress.track(name, "texts")
                 ).as_dict()
             else:
                 context = loaded.model.config.block_size
@@ -254,6 +263,9 @@ def print_table(rows: list[dict[str, Any]], task: Task) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False)
+    if task is Task.classify:
+        print_classification(rows)
+        return
     if task is Task.choice:
         columns = {
             "model": lambda r: r["model"],
@@ -275,3 +287,26 @@ def print_table(rows: list[dict[str, Any]], task: Task) -> None:
     for r in rows:
         table.add_row(*(cell(r) for cell in columns.values()))
     out.print(table)
+
+
+def print_classification(rows: list[dict[str, Any]]) -> None:
+    """Accuracy, then per-label precision/recall and the confusion matrix of each model."""
+    from rich.table import Table
+
+    for r in rows:
+        out.print(
+            f"[bold]{r['model']}[/bold]: accuracy {r['accuracy']:.4f} on {r['examples']:,} examples"
+        )
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("label", "precision", "recall", "support", *[f"→{x}" for x in r["labels"]]):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for label, row in zip(r["labels"], r["confusion"], strict=True):
+            stats = r["per_label"][label]
+            table.add_row(
+                label,
+                f"{stats['precision']:.3f}",
+                f"{stats['recall']:.3f}",
+                str(stats["support"]),
+                *map(str, row),
+            )
+        out.print(table)
