@@ -32,8 +32,9 @@ def test_text_finetune_keeps_base_and_learns(base_home: Path, tmp_path: Path) ->
     before = model_files(base_home, "tiny")
     text = tmp_path / "more.txt"
     text.write_text("The owl said hoo. The owl said hoo again. " * 300)
-    out = json.loads(run("finetune", "tiny", str(text), "--name", "owl", "--max-steps", "30",
-                         *FAST).stdout)
+    out = json.loads(
+        run("finetune", "tiny", str(text), "--name", "owl", "--max-steps", "30", *FAST).stdout
+    )
     assert out["task"] == "text" and out["steps"] == 30
     history = json.loads((base_home / "models/owl/train.json").read_text())["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.5
@@ -44,8 +45,18 @@ def test_text_finetune_keeps_base_and_learns(base_home: Path, tmp_path: Path) ->
 
 
 def test_chat_finetune_adds_template_and_chats(base_home: Path) -> None:
-    out = json.loads(run("finetune", "tiny", str(EXAMPLES / "chat.jsonl"), "--name", "talk",
-                         "--max-steps", "20", *FAST).stdout)
+    out = json.loads(
+        run(
+            "finetune",
+            "tiny",
+            str(EXAMPLES / "chat.jsonl"),
+            "--name",
+            "talk",
+            "--max-steps",
+            "20",
+            *FAST,
+        ).stdout
+    )
     assert out["task"] == "chat"
     model_dir = base_home / "models" / "talk"
     assert json.loads((model_dir / "chat_template.json").read_text())["type"] == "special"
@@ -70,8 +81,9 @@ def test_masked_batch_has_zero_loss_not_nan() -> None:
     from gptcli.config import ModelConfig
     from gptcli.model import GPT
 
-    model = GPT(ModelConfig(family="modern", vocab_size=50, block_size=8, n_layer=1, n_head=2,
-                            n_embd=16))
+    model = GPT(
+        ModelConfig(family="modern", vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    )
     x = torch.randint(0, 50, (2, 8))
     _, loss = model(x, torch.full((2, 8), -100))
     assert loss is not None and loss.item() == 0.0
@@ -80,13 +92,28 @@ def test_masked_batch_has_zero_loss_not_nan() -> None:
 def test_classify_finetune_eval_and_classify(base_home: Path) -> None:
     train = EXAMPLES / "sentiment.jsonl"
     test = EXAMPLES / "sentiment-test.jsonl"
-    out = json.loads(run("finetune", "tiny", str(train), "--name", "mood", "--max-steps", "40",
-                         "--lr", "3e-3", "--muon-lr", "0.02", *FAST).stdout)
+    out = json.loads(
+        run(
+            "finetune",
+            "tiny",
+            str(train),
+            "--name",
+            "mood",
+            "--max-steps",
+            "40",
+            "--lr",
+            "3e-3",
+            "--muon-lr",
+            "0.02",
+            *FAST,
+        ).stdout
+    )
     assert out["task"] == "classify"
     config = json.loads((base_home / "models/mood/config.json").read_text())
     assert config["labels"] == ["negative", "positive"]
-    scored = json.loads(run("eval", "mood", "--task", "classify", "--data", str(test),
-                            "--json").stdout)
+    scored = json.loads(
+        run("eval", "mood", "--task", "classify", "--data", str(test), "--json").stdout
+    )
     assert scored["examples"] == 40 and 0.0 <= scored["accuracy"] <= 1.0
     assert sum(map(sum, scored["confusion"])) == 40
     assert set(scored["per_label"]) == {"negative", "positive"}
@@ -96,17 +123,31 @@ def test_classify_finetune_eval_and_classify(base_home: Path) -> None:
     assert one["label"] in ("negative", "positive")
     assert abs(sum(one["probabilities"].values()) - 1.0) < 1e-5
     lines = run("classify", "-m", "mood", input="a happy day\na sad day\n").stdout.splitlines()
-    assert len(lines) == 2 and all(line.split("\t")[0] in ("negative", "positive")
-                                   for line in lines)
+    assert len(lines) == 2 and all(
+        line.split("\t")[0] in ("negative", "positive") for line in lines
+    )
     # a plain language model is not a classifier
     result = run("classify", "hello", "-m", "tiny", code=1)
     assert "not a classifier" in result.stderr
 
 
 def test_classify_loss_falls_with_aux_lm(base_home: Path) -> None:
-    out = json.loads(run("finetune", "tiny", str(EXAMPLES / "sentiment.jsonl"), "--name", "m0",
-                         "--max-steps", "30", "--aux-lm-weight", "0", "--lr", "3e-3",
-                         *FAST).stdout)
+    out = json.loads(
+        run(
+            "finetune",
+            "tiny",
+            str(EXAMPLES / "sentiment.jsonl"),
+            "--name",
+            "m0",
+            "--max-steps",
+            "30",
+            "--aux-lm-weight",
+            "0",
+            "--lr",
+            "3e-3",
+            *FAST,
+        ).stdout
+    )
     history = json.loads((base_home / "models/m0/train.json").read_text())["history"]
     assert out["steps"] == 30 and history[-1]["val_loss"] < history[0]["val_loss"]
 
@@ -114,15 +155,28 @@ def test_classify_loss_falls_with_aux_lm(base_home: Path) -> None:
 def test_lora_merges_and_freezes_the_rest(base_home: Path, tmp_path: Path) -> None:
     text = tmp_path / "more.txt"
     text.write_text("A kite flew over the hill. " * 300)
-    run("finetune", "tiny", str(text), "--name", "kite", "--lora", "4", "--max-steps", "15",
-        "--lr", "1e-2", *FAST)
+    run(
+        "finetune",
+        "tiny",
+        str(text),
+        "--name",
+        "kite",
+        "--lora",
+        "4",
+        "--max-steps",
+        "15",
+        "--lr",
+        "1e-2",
+        *FAST,
+    )
     tuned = load_file(str(base_home / "models/kite/model.safetensors"))
     base = load_file(str(base_home / "models/tiny/model.safetensors"))
     assert set(tuned) == set(base)  # adapters merged: same tensors as any model
     assert torch.equal(tuned["transformer.wte.weight"], base["transformer.wte.weight"])
     changed = [k for k in base if not torch.equal(tuned[k], base[k])]
-    assert changed and all(k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-                           for k in changed)
+    assert changed and all(
+        k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) for k in changed
+    )
     run("generate", "A kite", "-m", "kite", "-n", "5")
 
 

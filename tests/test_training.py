@@ -152,3 +152,50 @@ def test_two_process_ddp_matches_one_process(home: Path, corpus: Path) -> None:
     assert ddp["steps"] == single["steps"] == 15
     assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
     run("generate", "Once", "-m", "ddp", "-n", "5")  # a normal model in the store
+
+
+def test_gpu_switches_decide_on_device() -> None:
+    from gptcli.train import autocast_dtype, should_compile
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert should_compile(TrainConfig(), cuda) and not should_compile(TrainConfig(), cpu)
+    assert should_compile(TrainConfig(compile=True), cpu)
+    assert not should_compile(TrainConfig(compile=False), cuda)
+    assert autocast_dtype(TrainConfig(), cuda) == torch.bfloat16
+    assert autocast_dtype(TrainConfig(), cpu) is None
+    assert autocast_dtype(TrainConfig(dtype="bfloat16"), cpu) == torch.bfloat16
+
+
+def test_bf16_autocast_and_grad_accumulation_train_on_cpu(home: Path, corpus: Path) -> None:
+    out = json.loads(
+        run(
+            "train",
+            str(corpus),
+            "--tokenizer",
+            "char",
+            "--max-steps",
+            "25",
+            "--dtype",
+            "bfloat16",
+            "--grad-accum",
+            "2",
+            "--json",
+            *TINY,
+        ).stdout
+    )
+    history = json.loads((home / "models/stories/train.json").read_text())["history"]
+    assert out["steps"] == 25 and out["tokens"] == 25 * 8 * 32
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.5
+    result = run(
+        "train",
+        str(corpus),
+        "--name",
+        "odd",
+        "--batch-size",
+        "6",
+        "--grad-accum",
+        "4",
+        *TINY,
+        code=1,
+    )
+    assert "multiple" in result.stderr
