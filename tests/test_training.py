@@ -191,11 +191,11 @@ def test_bf16_autocast_and_grad_accumulation_train_on_cpu(home: Path, corpus: Pa
         str(corpus),
         "--name",
         "odd",
+        *TINY,
         "--batch-size",
         "6",
         "--grad-accum",
         "4",
-        *TINY,
         code=1,
     )
     assert "multiple" in result.stderr
