@@ -123,7 +123,9 @@ class TrainConfig:
     beta2: float = 0.95
     eval_every: int = 100
     eval_batches: int = 20
-    save_every: int | None = None  # steps between checkpoints (None: only at the end)
+    save_every: int | None = None  # steps between checkpoints
+    save_seconds: float | None = 300.0  # training time between checkpoints (and at the end)
+    skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip before stopping
     seed: int = 1337
     device: str = "auto"
     dtype: str = "auto"  # bfloat16 autocast on CUDA, float32 elsewhere
@@ -145,6 +147,8 @@ class TrainConfig:
             (self.eval_every >= 1, "--eval-every must be at least 1"),
             (self.eval_batches >= 1, "--eval-batches must be at least 1"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
+            (self.save_seconds is None or self.save_seconds > 0, "--save-every must be positive"),
+            (self.skip_nonfinite >= 0, "--skip-nonfinite must be 0 or more"),
             (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),

@@ -32,7 +32,9 @@ from gptcli.train import (
     TrainObserver,
     TrainState,
     make_optimizers,
+    model_lock,
     pick_device,
+    train_guarded,
     train_model,
 )
 
@@ -264,6 +266,17 @@ def finetune(
     observer: TrainObserver | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
+    """Holds the new model's lock around `run_finetune`."""
+    with model_lock(store, request.name, "gpt finetune"):
+        return run_finetune(request, store, observer, log)
+
+
+def run_finetune(
+    request: FinetuneRequest,
+    store: ModelStore,
+    observer: TrainObserver | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
     """Loads BASE, adapts it to the task, trains it with the common loop, stores it as NAME."""
     from gptcli.chat import ChatTemplate, add_chat_tokens
     from gptcli.checkpoint import load_model, load_train_state
@@ -399,16 +412,19 @@ def finetune(
         extra_files=extra_files,
     )
     try:
-        state = train_model(
-            model,
-            train_batches,
-            val_batches,
-            optimizer_cfg,
-            observer,
-            state,
-            optimizers,
-            saver.save,
-            dist,
+        state = train_guarded(
+            lambda: train_model(
+                model,
+                train_batches,
+                val_batches,
+                optimizer_cfg,
+                observer,
+                state,
+                optimizers,
+                saver.save,
+                dist,
+            ),
+            saver,
         )
     finally:
         dist.close()

@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,101 @@ def count_parameters(path: Path) -> int:
     return total
 
 
+def swap_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_swap(target: Path) -> None:
+    """Puts back a model directory whose replacement was cut short between two renames."""
+    old = swap_path(target)
+    if not target.exists() and old.is_dir():
+        with contextlib.suppress(OSError):
+            os.replace(old, target)
+
+
+def fault_point(name: str) -> None:
+    """For crash tests: GPTCLI_FAULT=NAME:N kills this process (SIGKILL) at the Nth pass here."""
+    spec = os.environ.get("GPTCLI_FAULT")
+    if not spec or spec.split(":")[0] != name:
+        return
+    count = _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if count == int(spec.split(":")[1]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_counts: dict[str, int] = {}
+
+
+class ModelLock:
+    """`models/.NAME.lock`: one writer per model name; stale locks of dead processes are taken.
+
+    The lock sits beside the model directory because checkpoints replace the directory whole.
+    """
+
+    def __init__(self, store_models: Path, name: str, command: str) -> None:
+        self.path = store_models / f".{name}.lock"
+        self.name = name
+        self.command = command
+        self.held = False
+
+    def acquire(self) -> ModelLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None:
+                    raise GptError(
+                        f"model {self.name!r} is being written by process {holder.get('pid')} "
+                        f"({holder.get('command', '?')}, since {holder.get('since', '?')}); "
+                        "wait for it or stop it"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            self.held = True
+            return self
+        raise GptError(f"cannot lock model {self.name!r} ({self.path})")
+
+    def holder(self) -> dict[str, Any] | None:
+        """The live process holding the lock, or None when the lock is stale or unreadable."""
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+            pid = int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if record.get("host") not in (None, socket.gethostname()):
+            return record  # another machine's process: cannot check, so respect it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return record
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> ModelLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class ModelStore:
     """Paths and bookkeeping of the per-user store; knows nothing about torch."""
 
@@ -134,7 +231,9 @@ class ModelStore:
         return self.home / "data"
 
     def model_dir(self, name: str) -> Path:
-        return self.models_dir / check_name(name)
+        path = self.models_dir / check_name(name)
+        recover_swap(path)
+        return path
 
     def exists(self, name: str) -> bool:
         return (self.model_dir(name) / "config.json").is_file()
@@ -142,6 +241,8 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.models_dir.is_dir():
             return []
+        for old in self.models_dir.glob(".*.old"):
+            recover_swap(old.with_name(old.name[1 : -len(".old")]))
         return sorted(
             p.name
             for p in self.models_dir.iterdir()
@@ -213,9 +314,10 @@ class ModelStore:
         if target.exists():
             if not force:
                 raise GptError(f"{target.name!r} already exists (use --force to overwrite)")
-            old = target.with_name(f".{target.name}.old")
+            old = swap_path(target)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
+            fault_point("swap")  # a crash here leaves only `old`: recover_swap restores it
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -83,6 +83,15 @@ class TrainState:
     val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = ""  # "max_steps", "max_time" or "interrupted" once finished
+    skipped: int = 0  # batches whose loss was not finite, left out
+
+
+class Diverged(GptError):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"training diverged: the loss is {loss} at step {step} (try a lower "
+            "--lr, or --skip-nonfinite N to skip such batches)"
+        )
 
 
 class TrainObserver(Protocol):
@@ -318,6 +327,7 @@ def train_model(
         if save is not None and dist.is_main:
             save(model, optimizers, state, train)
 
+    last_save = elapsed()
     if not state.history:
         evaluate()  # the starting point of the loss curve
     model.train()
@@ -349,6 +359,14 @@ def train_model(
                     assert loss is not None
                     (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
+            if dist.any(not math.isfinite(total), device):
+                # the weights are still the last good ones: this batch is not applied
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                state.skipped += 1
+                if state.skipped > cfg.skip_nonfinite:
+                    raise Diverged(state.step + 1, total)
+                continue
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             for opt in optimizers:
@@ -356,10 +374,6 @@ def train_model(
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             state.step += 1
-            if not math.isfinite(total):
-                raise GptError(
-                    f"training diverged: loss is {total} at step {state.step} (try a lower --lr)"
-                )
             state.train_loss = (
                 total if state.train_loss is None else 0.9 * state.train_loss + 0.1 * total
             )
@@ -367,8 +381,11 @@ def train_model(
                 evaluate()
             elif observer and dist.is_main:
                 observer.on_step(snapshot())
-            if cfg.save_every and state.step % cfg.save_every == 0:
+            if (cfg.save_every and state.step % cfg.save_every == 0) or (
+                cfg.save_seconds and elapsed() - last_save >= cfg.save_seconds
+            ):
                 checkpoint()
+                last_save = elapsed()
     if state.history[-1]["step"] != state.step:
         evaluate()
     checkpoint()
@@ -444,7 +461,34 @@ def model_config_for(request: TrainRequest, tokenizer: Tokenizer, preset: str) -
     return config
 
 
+@contextlib.contextmanager
+def model_lock(store: ModelStore, name: str, command: str) -> Iterator[None]:
+    """The writer's lock on a model name (rank 0 only under torchrun); clears stale staging."""
+    import shutil
+
+    from gptcli.store import ModelLock, check_name
+
+    if not Distributed().is_main:
+        yield
+        return
+    with ModelLock(store.models_dir, check_name(name), command):
+        for leftover in store.models_dir.glob(f".{name}.*.staging"):
+            shutil.rmtree(leftover, ignore_errors=True)  # from a run that was killed
+        yield
+
+
 def train_from_scratch(
+    request: TrainRequest,
+    store: ModelStore,
+    observer: TrainObserver | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Holds the model's lock around `run_train_from_scratch`."""
+    with model_lock(store, request.name, "gpt train"):
+        return run_train_from_scratch(request, store, observer, log)
+
+
+def run_train_from_scratch(
     request: TrainRequest,
     store: ModelStore,
     observer: TrainObserver | None = None,
@@ -541,8 +585,19 @@ def train_from_scratch(
         store, request.name, tokenizer, base_info, replace=request.force or request.resume
     )
     try:
-        state = train_model(
-            model, train_batches, val_batches, cfg, observer, state, optimizers, saver.save, dist
+        state = train_guarded(
+            lambda: train_model(
+                model,
+                train_batches,
+                val_batches,
+                cfg,
+                observer,
+                state,
+                optimizers,
+                saver.save,
+                dist,
+            ),
+            saver,
         )
     finally:
         dist.close()
@@ -607,8 +662,9 @@ class CheckpointWriter:
         import shutil
 
         from gptcli.checkpoint import save_train_state, write_model_dir
+        from gptcli.store import fault_point
 
-        self.last = {
+        result = {
             "steps": state.step,
             "tokens": state.history[-1]["tokens"],
             "train_loss": state.train_loss,
@@ -616,7 +672,8 @@ class CheckpointWriter:
             "seconds": round(state.seconds, 3),
             "stopped": state.stopped or "running",
         }
-        info = self.info | {"result": self.last, "history": state.history}
+        info = self.info | {"result": result, "history": state.history}
+        fault_point("save")
         staging = self.store.staging_dir(self.store.models_dir, self.name)
         try:
             write_model_dir(staging, model, self.tokenizer, info)
@@ -628,7 +685,28 @@ class CheckpointWriter:
                 dataclasses.asdict(state),
                 batches.generator,
             )
+            fault_point("staged")
             self.store.commit_dir(staging, self.store.model_dir(self.name), force=self.replace)
-            self.replace = True  # from now on we replace our own checkpoint
+        except OSError as exc:
+            raise GptError(
+                f"could not save the checkpoint at step {state.step} "
+                f"({exc.strerror or exc}); {self.kept()}"
+            ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self.replace = True  # from now on we replace our own checkpoint
+        self.last = result
+
+    def kept(self) -> str:
+        """What is on disk now, for messages after a failure."""
+        if self.last:
+            return f"the previous checkpoint (step {self.last['steps']}) is kept"
+        return "no checkpoint had been saved yet"
+
+
+def train_guarded(run: Callable[[], TrainState], saver: CheckpointWriter) -> TrainState:
+    """Runs the loop; a divergence says which checkpoint survives."""
+    try:
+        return run()
+    except Diverged as exc:
+        raise GptError(f"{exc}; {saver.kept()}") from None

@@ -150,7 +150,15 @@ WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrice
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
 EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: 100).")]
 SaveEvery = Annotated[
-    int | None, typer.Option(help="Checkpoint every N steps (default: only at the end).")
+    str | None,
+    typer.Option(
+        help="Checkpoint every N steps (e.g. 500) or every so long (e.g. 10m) "
+        "(default: 5m), and always at the end."
+    ),
+]
+SkipNonfinite = Annotated[
+    int | None,
+    typer.Option(help="Skip up to N batches whose loss is NaN or infinite instead of stopping."),
 ]
 ValFraction = Annotated[
     float | None,
@@ -184,9 +192,15 @@ def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, *
     from gptcli.config import TrainConfig, parse_duration
 
     values = dict(defaults or {})
+    save_every = given.pop("save_every", None)
     values.update({k: v for k, v in given.items() if v is not None})
     if max_time is not None:
         values["max_time"] = parse_duration(max_time)
+    if save_every is not None:
+        if save_every.strip().isdigit():
+            values["save_every"], values["save_seconds"] = int(save_every), None
+        else:
+            values["save_every"], values["save_seconds"] = None, parse_duration(save_every)
     return TrainConfig(**values)
 
 
@@ -245,6 +259,7 @@ def train(
     dropout: Dropout = None,
     eval_every: EvalEvery = None,
     save_every: SaveEvery = None,
+    skip_nonfinite: SkipNonfinite = None,
     val_fraction: ValFraction = None,
     seed: Seed = None,
     device: Device = None,
@@ -282,6 +297,7 @@ def train(
         weight_decay=weight_decay,
         eval_every=eval_every,
         save_every=save_every,
+        skip_nonfinite=skip_nonfinite,
         val_fraction=val_fraction,
         seed=seed,
         device=device,
