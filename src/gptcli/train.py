@@ -8,6 +8,7 @@ Ctrl+C asks the loop to stop at the end of the current step and save (a second o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
@@ -415,6 +416,7 @@ class TrainRequest:
     dropout: float | None = None
     force: bool = False
     resume: bool = False
+    auto_batch: bool = False  # the batch size was not given: the chosen shape may set it
 
 
 def prepare_tokenizer(
@@ -435,13 +437,32 @@ def prepare_tokenizer(
     return Tokenizer.train_bpe(pieces, vocab)
 
 
-def choose_preset(request: TrainRequest, n_train_tokens: int, device: torch.device) -> str:
-    """`auto`: a model that can make good use of the data and time it will get."""
+@dataclass
+class Shape:
+    preset: str
+    block_size: int | None = None  # None: the preset's
+    batch_size: int | None = None  # None: as configured
+
+
+def choose_shape(request: TrainRequest, n_train_tokens: int, device: torch.device) -> Shape:
+    """`--preset auto`: a model that can make good use of the data, the device and the time.
+
+    Measured on two CPU cores (benchmarks/train_speed.py): under ~20 minutes a 4 x 128 model
+    on short contexts (64) and larger batches (32) learns fastest per second; bigger models only
+    pay off with hours, or on a GPU, and only with data enough to feed them.
+    """
     if request.preset != "auto":
-        return request.preset
-    if device.type != "cpu":
-        return "small" if n_train_tokens < 50_000_000 else "base"
-    return "mini"
+        return Shape(request.preset)
+    minutes = (request.cfg.max_time or 0) / 60
+    if device.type == "cpu":
+        if minutes <= 20 or n_train_tokens < 2_000_000:
+            return Shape("mini", block_size=64, batch_size=32)
+        return Shape("small" if minutes <= 180 or n_train_tokens < 50_000_000 else "base")
+    if n_train_tokens < 1_000_000:
+        return Shape("mini")
+    if (minutes and minutes <= 15) or n_train_tokens < 20_000_000:
+        return Shape("small")
+    return Shape("base")
 
 
 def model_config_for(request: TrainRequest, tokenizer: Tokenizer, preset: str) -> ModelConfig:
@@ -535,9 +556,13 @@ def run_train_from_scratch(
         raise GptError("the corpus is too small to train on (fewer than 2 training tokens)")
     log(f"corpus: {n_train:,} training tokens, {len(corpus.val.tokens):,} validation tokens")
     if not request.resume:
-        preset = choose_preset(request, n_train, device)
+        shape = choose_shape(request, n_train, device)
+        if shape.batch_size and request.auto_batch:
+            cfg = dataclasses.replace(cfg, batch_size=shape.batch_size)
+        if shape.block_size and request.block_size is None:
+            request = dataclasses.replace(request, block_size=shape.block_size)
         torch.manual_seed(cfg.seed)
-        model = GPT(model_config_for(request, tokenizer, preset)).to(device)
+        model = GPT(model_config_for(request, tokenizer, shape.preset)).to(device)
     config = model.config
     log(
         f"model: {config.family} {config.preset}, {model.num_params() / 1e6:.2f}M parameters, "
@@ -658,7 +683,6 @@ class CheckpointWriter:
         state: TrainState,
         batches: Batches,
     ) -> None:
-        import dataclasses
         import shutil
 
         from gptcli.checkpoint import save_train_state, write_model_dir

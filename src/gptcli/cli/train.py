@@ -316,6 +316,7 @@ def train(
         dropout=dropout,
         force=force,
         resume=resume,
+        auto_batch=batch_size is None,
     )
     run_training(
         lambda observer, log: train_from_scratch(request, ModelStore(), observer, log),
