@@ -1,0 +1,263 @@
+"""Nothing lost, nothing executed, no tracebacks: kills, divergence, locks, full disks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run, snapshot
+from safetensors.torch import load_file
+
+RUN = [
+    "--tokenizer",
+    "char",
+    "--max-steps",
+    "40",
+    "--save-every",
+    "10",
+    "--name",
+    "m",
+    "--dropout",
+    "0.1",
+    "--json",
+    *TINY,
+]
+
+
+def gpt(home: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("GPTCLI_FAULT", None)
+    if fault:
+        env["GPTCLI_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> dict:
+    home = tmp_path_factory.mktemp("uninterrupted")
+    proc = gpt(home, "train", str(corpus), *RUN)
+    assert proc.returncode == 0, proc.stderr
+    return {
+        "summary": json.loads(proc.stdout),
+        "weights": load_file(str(home / "models/m/model.safetensors")),
+    }
+
+
+# (fault point, the step of the last completed checkpoint after the kill; None: no model yet)
+KILLS = [
+    ("save:1", None),  # killed as the first checkpoint begins
+    ("staged:2", 10),  # killed with the second checkpoint fully written, not yet in place
+    ("swap:1", 10),  # killed between moving the old checkpoint aside and the new one in
+    ("save:3", 20),  # killed after two completed checkpoints
+]
+
+
+@pytest.mark.parametrize(("fault", "kept"), KILLS)
+def test_kill_9_then_resume_equals_uninterrupted(
+    tmp_path: Path, corpus: Path, uninterrupted: dict, fault: str, kept: int | None
+) -> None:
+    home = tmp_path / "store"
+    killed = gpt(home, "train", str(corpus), *RUN, fault=fault)
+    assert killed.returncode == -9
+    if kept is None:
+        assert not (home / "models" / "m").exists()
+        resumed = gpt(home, "train", str(corpus), *RUN)  # nothing to resume: start again
+    else:
+        loaded = gpt(home, "generate", "Once", "-m", "m", "-n", "5")
+        assert loaded.returncode == 0, loaded.stderr
+        info = json.loads((home / "models/m/train.json").read_text())
+        assert info["result"]["steps"] == kept
+        resumed = gpt(home, "train", str(corpus), *RUN, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["steps"] == 40
+    assert summary["val_loss"] == uninterrupted["summary"]["val_loss"]
+    weights = load_file(str(home / "models/m/model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in uninterrupted["weights"].items())
+    assert not list((home / "models").glob(".*"))  # no staging or swap leftovers
+
+
+def poison_loss_after(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int]) -> None:
+    """Makes the training loss NaN on the given training batches (1-based)."""
+    import gptcli.model
+    from gptcli.data import Batches
+
+    original_sample, original_loss = Batches.sample, gptcli.model.lm_loss
+    state = {"batch": 0, "poison": False}
+
+    def sample(self, generator=None):  # type: ignore[no-untyped-def]
+        if generator is None:
+            state["batch"] += 1
+            state["poison"] = state["batch"] in bad_steps
+        else:
+            state["poison"] = False
+        return original_sample(self, generator)
+
+    def loss(logits, targets):  # type: ignore[no-untyped-def]
+        value = original_loss(logits, targets)
+        return value * float("nan") if state["poison"] else value
+
+    monkeypatch.setattr(Batches, "sample", sample)
+    monkeypatch.setattr(gptcli.model, "lm_loss", loss)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        poison_loss_after(patch, {13})
+        result = run("train", str(corpus), *RUN, "--save-every", "5", code=1)
+    assert result.stderr.startswith("error: training diverged")
+    assert "previous checkpoint (step 10) is kept" in result.stderr
+    info = json.loads((home / "models/m/train.json").read_text())
+    assert info["result"]["steps"] == 10
+    run("generate", "Once", "-m", "m", "-n", "3")
+
+
+def test_skip_nonfinite_continues(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        poison_loss_after(patch, {5, 9})
+        out = json.loads(run("train", str(corpus), *RUN, "--skip-nonfinite", "2").stdout)
+    assert out["steps"] == 40
+    with monkeypatch.context() as patch:
+        poison_loss_after(patch, {5, 9})
+        result = run("train", str(corpus), *RUN, "--name", "n", "--skip-nonfinite", "1", code=1)
+    assert "diverged" in result.stderr
+
+
+def test_disk_full_keeps_previous_checkpoint(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+
+    original = safetensors.torch.save_file
+    calls = {"n": 0}
+
+    def save_file(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:  # the weights of the second checkpoint
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", save_file)
+        result = run("train", str(corpus), *RUN, code=1)
+    assert "No space left on device" in result.stderr
+    assert "previous checkpoint (step 10) is kept" in result.stderr
+    assert json.loads((home / "models/m/train.json").read_text())["result"]["steps"] == 10
+    assert not list((home / "models").glob(".*"))
+    run("generate", "Once", "-m", "m", "-n", "3")
+
+
+def test_second_writer_is_refused_and_stale_locks_are_taken(home: Path, corpus: Path) -> None:
+    models = home / "models"
+    models.mkdir(parents=True)
+    lock = models / ".m.lock"
+    lock.write_text(
+        json.dumps({"pid": os.getpid(), "command": "gpt train", "since": "2026-01-01 00:00:00"})
+    )
+    result = run("train", str(corpus), *RUN, code=1)
+    assert f"being written by process {os.getpid()}" in result.stderr
+    assert not (models / "m").exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    lock.write_text(json.dumps({"pid": int(dead), "command": "gpt train"}))
+    run("train", str(corpus), *RUN, "--max-steps", "2")
+    assert (models / "m").is_dir() and not lock.exists()  # released on exit
+
+
+def test_finetune_respects_the_lock(trained_home: Path, tmp_path: Path) -> None:
+    lock = trained_home / "models" / ".tuned.lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "command": "gpt finetune"}))
+    text = tmp_path / "t.txt"
+    text.write_text("more text " * 100)
+    try:
+        result = run("finetune", "tiny", str(text), "--name", "tuned", code=1)
+        assert "being written by process" in result.stderr
+    finally:
+        lock.unlink()
+
+
+class Boom:
+    """Unpickling this would create a file: proof that no pickle is ever loaded."""
+
+    marker: Path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize(
+    ("victim", "content", "message"),
+    [
+        ("model.safetensors", b"\x00" * 10, "model.safetensors"),
+        ("model.safetensors", "PICKLE", "model.safetensors"),
+        ("model.safetensors", b'\xff\x00\x00\x00\x00\x00\x00\x00{"a": 1}', "model.safetensors"),
+        ("config.json", b"{not json", "config.json"),
+        ("config.json", b'{"n_embd": 30, "n_head": 4}', "divisible"),
+        ("config.json", b'{"block_size": -1}', "block_size"),
+        ("config.json", b'{"vocab_size": 1e30}', "vocab_size"),
+        ("tokenizer.json", b"garbage", "tokenizer.json"),
+        ("train.json", b"[1, 2", "train.json"),
+    ],
+)
+def test_corrupted_store_files_are_named(
+    trained: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    victim: str,
+    content: bytes | str,
+    message: str,
+) -> None:
+    import shutil
+
+    home = tmp_path / "store"
+    shutil.copytree(trained["home"], home)
+    monkeypatch.setenv("GPTCLI_HOME", str(home))
+    marker = tmp_path / "executed"
+    if content == "PICKLE":
+        Boom.marker = marker
+        content = pickle.dumps(Boom())
+    path = home / "models" / "tiny" / victim
+    if victim == "config.json" and content.startswith(b'{"'):
+        config = json.loads(path.read_text())
+        config.update(json.loads(content))
+        content = json.dumps(config).encode()
+    path.write_bytes(content)
+    before = snapshot(home)
+    for command in (["generate", "x", "-n", "2"], ["eval"]):
+        result = run(*command, code=1)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert snapshot(home) == before
+    assert not marker.exists()
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    plain = gpt(tmp_path, "generate", "x", "-m", "missing")
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    env = {**os.environ, "GPTCLI_HOME": str(tmp_path), "GPTCLI_DEBUG": "1"}
+    debug = subprocess.run(
+        [sys.executable, "-m", "gptcli", "generate", "x", "-m", "missing"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
