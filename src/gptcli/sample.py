@@ -18,7 +18,7 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        if not self.temperature >= 0 or self.temperature == float("inf"):
             raise GptError(f"--temperature must be 0 or more, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise GptError(f"--top-k must be at least 1, got {self.top_k}")
