@@ -37,8 +37,18 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GptError(f"model config: {name} must be a positive integer, got {value!r}")
-        if self.vocab_size > 10_000_000 or self.block_size > 1_000_000 or self.n_embd > 100_000:
-            raise GptError("model config: sizes are implausibly large")
+        for name, limit in (
+            ("vocab_size", 10_000_000),
+            ("block_size", 1_000_000),
+            ("n_embd", 100_000),
+            ("n_layer", 10_000),
+            ("n_head", 10_000),
+        ):
+            if getattr(self, name) > limit:
+                raise GptError(
+                    f"model config: {name} {getattr(self, name):,} is implausibly "
+                    f"large (at most {limit:,})"
+                )
         if self.n_embd % self.n_head:
             raise GptError(
                 f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -136,8 +146,8 @@ class TrainConfig:
         checks = [
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
             (self.max_time is None or self.max_time > 0, "--max-time must be positive"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (1 <= self.batch_size <= 1 << 20, "--batch-size must be between 1 and 1048576"),
+            (1 <= self.grad_accum <= 1 << 16, "--grad-accum must be between 1 and 65536"),
             (self.lr > 0, "--lr must be positive"),
             (self.muon_lr > 0, "--muon-lr must be positive"),
             (self.warmup_steps >= 0, "--warmup-steps must be 0 or more"),

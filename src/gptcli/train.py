@@ -29,6 +29,7 @@ from gptcli.store import ModelStore, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
 DEFAULT_MAX_STEPS = 2000
+MAX_VOCAB = 1_000_000
 
 
 def pick_device(name: str) -> torch.device:
@@ -433,6 +434,8 @@ def prepare_tokenizer(
         log("training a char tokenizer")
         return Tokenizer.train_char(pieces)
     vocab = request.vocab_size or default_vocab_size(texts.n_bytes)
+    if not 257 <= vocab <= MAX_VOCAB:
+        raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
     log(f"training a BPE tokenizer ({vocab} tokens)")
     return Tokenizer.train_bpe(pieces, vocab)
 
@@ -533,6 +536,15 @@ def run_train_from_scratch(
             f"a model named {request.name!r} already exists "
             "(use --resume to continue it, or --force to replace it)"
         )
+    if not request.resume:  # refuse a bad shape before anything is read or written
+        ModelConfig.from_preset(
+            "mini" if request.preset == "auto" else request.preset,
+            family=request.family,
+            block_size=request.block_size,
+            dropout=request.dropout,
+        )
+    if request.vocab_size is not None and not 257 <= request.vocab_size <= MAX_VOCAB:
+        raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
     device = dist.setup(pick_device(request.cfg.device))
     texts = read_corpus(request.inputs)
     info: dict[str, Any] = {}

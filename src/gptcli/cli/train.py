@@ -306,7 +306,7 @@ def train(
     )
     request = TrainRequest(
         inputs=inputs,
-        name=check_name(name or default_name(inputs)),
+        name=check_name(name if name is not None else default_name(inputs)),
         cfg=cfg,
         preset=preset,
         family=family,
