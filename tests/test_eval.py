@@ -244,7 +244,7 @@ def test_bad_choice_files(trained_home: Path, tmp_path: Path) -> None:
         '{"context": "a", "choices": [], "label": 0}': "'choices' must be a non-empty list",
         '{"context": "a", "choices": [" b", ""], "label": 0}': "every choice must be a non-empty",
         '{"context": "a", "choices": [" b"], "label": "0"}': "'label' must be an integer",
-        '["a", [" b"], 0]': "expected a JSON object",
+        '["a", [" b"], 0]': "each line must be a JSON object",
     }
     for n, (line, message) in enumerate(cases.items()):
         path = tmp_path / f"bad{n}.jsonl"

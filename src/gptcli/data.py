@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,32 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
 def read_text(path: Path) -> str:
     """A whole file's text (for small inputs such as prompts and evaluation files)."""
     return "".join(iter_blocks(path))
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; malformed lines are refused by number."""
+    number = 0
+    for block in _lines(path):
+        number += 1
+        if not block.strip():
+            continue
+        try:
+            record = json.loads(block)
+        except json.JSONDecodeError as exc:
+            raise GptError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise GptError(f"{path}:{number}: each line must be a JSON object")
+        yield number, record
+
+
+def _lines(path: Path) -> Iterator[str]:
+    rest = ""
+    for block in iter_blocks(path):
+        rest += block
+        *lines, rest = rest.split("\n")
+        yield from lines
+    if rest:
+        yield rest
 
 
 @dataclass

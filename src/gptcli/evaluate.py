@@ -13,7 +13,6 @@ it sees at least context − stride + 1 tokens before it (all of them in the fir
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptcli.data import encode_text, read_text
+from gptcli.data import encode_text, read_jsonl
 from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.tokenizer import Tokenizer
@@ -194,16 +193,8 @@ class ChoiceScore:
 def read_choice_file(path: Path) -> list[ChoiceItem]:
     """`{"context": str, "choices": [str, ...], "label": int}` a line; blank lines are skipped."""
     items = []
-    for number, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in read_jsonl(path):
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GptError(f"{where}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise GptError(f"{where}: expected a JSON object")
         missing = [k for k in ("context", "choices", "label") if k not in record]
         if missing:
             raise GptError(f"{where}: missing key {missing[0]!r}")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gptcli.config import TrainConfig
-from gptcli.data import Batches, build_corpus, find_text_files, iter_blocks, read_corpus
+from gptcli.data import Batches, build_corpus, find_text_files, read_corpus, read_jsonl
 from gptcli.errors import GptError
 from gptcli.store import ModelStore
 from gptcli.tokenizer import Tokenizer
@@ -34,8 +34,7 @@ from gptcli.train import (
     make_optimizers,
     model_lock,
     pick_device,
-    train_guarded,
-    train_model,
+    run_and_store,
 )
 
 TASKS = ("text", "chat", "classify")
@@ -62,32 +61,6 @@ class FinetuneRequest:
     aux_lm_weight: float = 0.5
     force: bool = False
     resume: bool = False
-
-
-def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; malformed lines are refused by number."""
-    number = 0
-    for block in _lines(path):
-        number += 1
-        if not block.strip():
-            continue
-        try:
-            record = json.loads(block)
-        except json.JSONDecodeError as exc:
-            raise GptError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise GptError(f"{path}:{number}: each line must be a JSON object")
-        yield number, record
-
-
-def _lines(path: Path) -> Iterator[str]:
-    rest = ""
-    for block in iter_blocks(path):
-        rest += block
-        *lines, rest = rest.split("\n")
-        yield from lines
-    if rest:
-        yield rest
 
 
 def detect_task(files: list[Path]) -> str:
@@ -411,23 +384,7 @@ def run_finetune(
         replace=request.force or request.resume,
         extra_files=extra_files,
     )
-    try:
-        state = train_guarded(
-            lambda: train_model(
-                model,
-                train_batches,
-                val_batches,
-                optimizer_cfg,
-                observer,
-                state,
-                optimizers,
-                saver.save,
-                dist,
-            ),
-            saver,
-        )
-    finally:
-        dist.close()
-    if dist.is_main:
-        store.set_default(request.name)
+    run_and_store(
+        model, train_batches, val_batches, optimizer_cfg, observer, state, optimizers, saver, dist
+    )
     return {"name": request.name, "path": str(target), "task": task, **saver.last}

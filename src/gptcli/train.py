@@ -621,25 +621,7 @@ def run_train_from_scratch(
     saver = CheckpointWriter(
         store, request.name, tokenizer, base_info, replace=request.force or request.resume
     )
-    try:
-        state = train_guarded(
-            lambda: train_model(
-                model,
-                train_batches,
-                val_batches,
-                cfg,
-                observer,
-                state,
-                optimizers,
-                saver.save,
-                dist,
-            ),
-            saver,
-        )
-    finally:
-        dist.close()
-    if dist.is_main:
-        store.set_default(request.name)
+    run_and_store(model, train_batches, val_batches, cfg, observer, state, optimizers, saver, dist)
     return {"name": request.name, "path": str(target), "params": model.num_params(), **saver.last}
 
 
@@ -740,9 +722,26 @@ class CheckpointWriter:
         return "no checkpoint had been saved yet"
 
 
-def train_guarded(run: Callable[[], TrainState], saver: CheckpointWriter) -> TrainState:
-    """Runs the loop; a divergence says which checkpoint survives."""
+def run_and_store(
+    model: GPT,
+    train: Batches,
+    val: Batches | None,
+    cfg: TrainConfig,
+    observer: TrainObserver | None,
+    state: TrainState,
+    optimizers: list[torch.optim.Optimizer],
+    saver: CheckpointWriter,
+    dist: Distributed,
+) -> None:
+    """The loop, checkpointing through `saver`; then the model becomes the store's default.
+
+    A divergence says which checkpoint survives.
+    """
     try:
-        return run()
+        train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist)
     except Diverged as exc:
         raise GptError(f"{exc}; {saver.kept()}") from None
+    finally:
+        dist.close()
+    if dist.is_main:
+        saver.store.set_default(saver.name)
