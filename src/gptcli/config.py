@@ -132,7 +132,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eval_every: int = 100
-    eval_batches: int = 20
+    eval_batches: int = 10
     save_every: int | None = None  # steps between checkpoints
     save_seconds: float | None = 300.0  # training time between checkpoints (and at the end)
     skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip before stopping
