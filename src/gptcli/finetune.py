@@ -32,6 +32,7 @@ from gptcli.train import (
     TrainObserver,
     TrainState,
     make_optimizers,
+    micro_batch_size,
     model_lock,
     pick_device,
     run_and_store,
@@ -292,7 +293,7 @@ def run_finetune(
             raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")
         train_batches: Any = Batches(
             corpus.train.tokens,
-            cfg.batch_size // dist.world,
+            micro_batch_size(cfg, dist),
             block_size,
             device,
             cfg.seed,
@@ -327,7 +328,7 @@ def run_finetune(
         train_ex, val_ex = split_examples(examples, cfg.val_fraction)
         train_batches = ExampleBatches(
             train_ex,
-            cfg.batch_size // dist.world,
+            micro_batch_size(cfg, dist),
             device,
             cfg.seed,
             dist.rank,

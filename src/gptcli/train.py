@@ -543,6 +543,8 @@ def run_train_from_scratch(
             block_size=request.block_size,
             dropout=request.dropout,
         )
+    if not request.auto_batch:
+        micro_batch_size(request.cfg, dist)
     if request.vocab_size is not None and not 257 <= request.vocab_size <= MAX_VOCAB:
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
     device = dist.setup(pick_device(request.cfg.device))
@@ -581,12 +583,7 @@ def run_train_from_scratch(
         f"context {config.block_size}, on {device.type}"
         + (f" x{dist.world}" if dist.enabled else "")
     )
-    per_process = cfg.batch_size // (dist.world * cfg.grad_accum)
-    if per_process < 1 or per_process * dist.world * cfg.grad_accum != cfg.batch_size:
-        raise GptError(
-            f"--batch-size {cfg.batch_size} must be a multiple of processes x "
-            f"--grad-accum ({dist.world} x {cfg.grad_accum})"
-        )
+    per_process = micro_batch_size(cfg, dist)
     train_batches = Batches(
         corpus.train.tokens,
         per_process,
@@ -623,6 +620,18 @@ def run_train_from_scratch(
     )
     run_and_store(model, train_batches, val_batches, cfg, observer, state, optimizers, saver, dist)
     return {"name": request.name, "path": str(target), "params": model.num_params(), **saver.last}
+
+
+def micro_batch_size(cfg: TrainConfig, dist: Distributed) -> int:
+    """Sequences per micro-batch in this process: the step's batch over processes and
+    accumulation steps."""
+    per_process = cfg.batch_size // (dist.world * cfg.grad_accum)
+    if per_process < 1 or per_process * dist.world * cfg.grad_accum != cfg.batch_size:
+        raise GptError(
+            f"--batch-size {cfg.batch_size} must be a multiple of processes x "
+            f"--grad-accum ({dist.world} x {cfg.grad_accum})"
+        )
+    return per_process
 
 
 def overrides(cfg: TrainConfig) -> dict[str, Any]:
