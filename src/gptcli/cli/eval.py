@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
+from gptcli.cli.options import complete_model_name
 
 HELP = """Measure models, one row per model: mean loss per token (nats), perplexity and bits per
 byte, or multiple-choice accuracy.
@@ -150,7 +151,9 @@ def evaluate(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="MODEL", help="Model names or directories (default: the default model)."
+            metavar="MODEL",
+            help="Model names or directories (default: the default model).",
+            autocompletion=complete_model_name,
         ),
     ] = None,
     data: Annotated[

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.console import err, info, out, print_json
+from gptcli.cli.console import err, info, no_color, out, print_json
+from gptcli.cli.options import complete_model_name
 
 app = typer.Typer(
     help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
@@ -15,7 +16,10 @@ app = typer.Typer(
 )
 
 ModelOption = Annotated[
-    str | None, typer.Option("--model", "-m", help="Use this model's tokenizer.")
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Use this model's tokenizer.", autocompletion=complete_model_name
+    ),
 ]
 TokenizerOption = Annotated[
     str | None,
@@ -117,6 +121,8 @@ def encode_cmd(
     view = Text()
     colours = ("on blue", "on magenta", "on dark_green", "on dark_orange3")
     for i, piece in enumerate(tok.pieces(ids)):
+        if i and no_color():  # without colours, a bar shows where one token ends
+            view.append("|")
         view.append(piece.replace("\n", "\\n\n"), style=colours[i % len(colours)])
     out.print(view)
     err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
