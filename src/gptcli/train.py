@@ -23,6 +23,7 @@ from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
+from gptcli.monitor import monitor_for, new_run_id, prompt_from
 from gptcli.optim import make_muon, split_parameters
 from gptcli.store import ModelStore, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
@@ -398,6 +399,7 @@ class TrainRequest:
     dropout: float | None = None
     force: bool = False
     resume: bool = False
+    config: dict[str, Any] | None = None  # the command's settings, as --print-config shows them
 
 
 def prepare_tokenizer(
@@ -532,13 +534,25 @@ def train_from_scratch(
         log(f"resuming at step {state.step}")
     base_info = {
         "kind": "train",
+        "run": info.get("run") or new_run_id(),
         "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": info.get("config") if request.resume else request.config,
         "train": cfg.to_dict(),
         "tokenizer": tokenizer.kind,
         "data": corpus.describe() | {"val_fraction": cfg.val_fraction},
     }
+    claimed = False  # live metrics in train.json and samples: see gptcli.monitor
+    if dist.is_main:
+        sampling = (model, tokenizer, prompt_from(texts, cfg))
+        observer, claimed = monitor_for(
+            observer, store, request.name, base_info, state.history, cfg, sampling
+        )
     saver = CheckpointWriter(
-        store, request.name, tokenizer, base_info, replace=request.force or request.resume
+        store,
+        request.name,
+        tokenizer,
+        base_info,
+        replace=request.force or request.resume or claimed,
     )
     try:
         state = train_model(
