@@ -348,11 +348,14 @@ def write_plot(path: Any, name: str, history: list[dict[str, Any]]) -> None:
 
 
 @app.command("rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model")
-def rm_cmd(name: ModelName) -> None:
+def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
     from gptcli.store import ModelStore
 
     ModelStore().remove(name)
-    typer.echo(f"removed {name}")
+    if json_out:
+        print_json({"removed": name})
+    else:
+        typer.echo(f"removed {name}")
 
 
 @app.command(
@@ -363,19 +366,21 @@ def default_cmd(
         str | None,
         typer.Argument(help="Model name to make default.", autocompletion=complete_model_name),
     ] = None,
+    json_out: JsonOption = False,
 ) -> None:
     from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
-    if name is None:
-        current = store.default_name()
-        if current is None:
-            raise GptError("no default model yet: run `gpt train FILE` first")
-        typer.echo(current)
-        return
-    store.set_default(name)
-    typer.echo(f"default model: {name}")
+    if name is not None:
+        store.set_default(name)
+    current = store.default_name()
+    if current is None:
+        raise GptError("no default model yet: run `gpt train FILE` first")
+    if json_out:
+        print_json({"default": current})
+    else:
+        typer.echo(current if name is None else f"default model: {name}")
 
 
 IMPORT_HELP = """Import a Hugging Face GPT-2 model directory into the store.

@@ -61,6 +61,7 @@ def train_cmd(
         bool, typer.Option("--force", help="Replace a tokenizer of the same name.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
     from gptcli.config import TrainConfig
     from gptcli.data import read_corpus
@@ -82,7 +83,7 @@ def train_cmd(
         tokenizer="char" if char else "bpe",
         vocab_size=vocab_size,
     )
-    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=info)
+    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=lambda m: info(m, quiet))
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:
