@@ -121,12 +121,22 @@ def encode_cmd(
 
     view = Text()
     colours = ("on blue", "on magenta", "on dark_green", "on dark_orange3")
-    for i, piece in enumerate(tok.pieces(ids)):
+    for i, piece in enumerate(shown_pieces(tok, ids)):
         if i and no_color():  # without colours, a bar shows where one token ends
             view.append("|")
         view.append(piece.replace("\n", "\\n\n"), style=colours[i % len(colours)])
     out.print(view)
     err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
+
+
+def shown_pieces(tok, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each token's text, with the bytes of a partial character (a multi-byte character split
+    between tokens, as in Chinese with BPE) written \\xNN instead of U+FFFD."""
+    pieces = []
+    for token_id, piece in zip(ids, tok.pieces(ids), strict=True):
+        raw = tok.token_bytes(token_id)
+        pieces.append(raw.decode("utf-8", errors="backslashreplace") if raw else piece)
+    return pieces
 
 
 @app.command("decode", help="Token ids -> text.\n\nExample: gpt tokenize decode 12 7 42 -m stories")
