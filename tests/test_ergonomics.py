@@ -173,6 +173,23 @@ def test_a_run_before_its_first_checkpoint_is_shown(
     assert "early" in listing["list"] and "(training)" in listing["list"]
 
 
+def test_a_run_that_fails_before_saving_leaves_nothing(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcli.errors import GptError
+
+    def on_eval(self: TrainProgress, stats: object) -> None:
+        assert (home / "models/doomed/train.json").is_file()  # the metrics were there
+        if stats.step == 2:  # type: ignore[attr-defined]
+            raise GptError("something went wrong")
+
+    monkeypatch.setattr(TrainProgress, "on_eval", on_eval)
+    result = run("train", str(corpus), "--name", "doomed", "--tokenizer", "char", "--max-steps",
+                 "6", *TINY, "--eval-every", "2", code=1)  # fmt: skip
+    assert result.stderr == "error: something went wrong\n"
+    assert not (home / "models/doomed").exists()
+
+
 def test_force_leaves_the_old_model_alone_until_the_first_checkpoint(
     home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ from torch import nn
 from gptcli.config import TrainConfig
 from gptcli.data import Batches, build_corpus, find_text_files, iter_blocks, read_corpus
 from gptcli.errors import GptError
-from gptcli.monitor import monitor_for, new_run_id, prompt_from
+from gptcli.monitor import discard_unsaved, monitor_for, new_run_id, prompt_from
 from gptcli.store import ModelStore
 from gptcli.tokenizer import Tokenizer
 from gptcli.train import (
@@ -422,6 +422,10 @@ def finetune(
             saver.save,
             dist,
         )
+    except BaseException:
+        if claimed:
+            discard_unsaved(target)  # a run that failed before saving leaves nothing behind
+        raise
     finally:
         dist.close()
     if dist.is_main:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,6 +82,12 @@ class MetricsWriter:
             self.directory / "train.json",
             self.info | {"result": result, "history": self.history},
         )
+
+
+def discard_unsaved(directory: Path) -> None:
+    """Removes a run's directory if no model was saved in it (only its metrics are there)."""
+    if directory.is_dir() and not (directory / "config.json").is_file():
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def default_sample_prompt(text: str) -> str:

@@ -23,7 +23,7 @@ from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
-from gptcli.monitor import monitor_for, new_run_id, prompt_from
+from gptcli.monitor import discard_unsaved, monitor_for, new_run_id, prompt_from
 from gptcli.optim import make_muon, split_parameters
 from gptcli.store import ModelStore, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
@@ -558,6 +558,10 @@ def train_from_scratch(
         state = train_model(
             model, train_batches, val_batches, cfg, observer, state, optimizers, saver.save, dist
         )
+    except BaseException:
+        if claimed:
+            discard_unsaved(target)  # a run that failed before saving leaves nothing behind
+        raise
     finally:
         dist.close()
     if dist.is_main:
