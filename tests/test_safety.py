@@ -73,7 +73,7 @@ def test_kill_9_then_resume_equals_uninterrupted(
     killed = gpt(home, "train", str(corpus), *RUN, fault=fault)
     assert killed.returncode == -9
     if kept is None:
-        assert not (home / "models" / "m").exists()
+        assert not (home / "models" / "m" / "config.json").exists()  # no model yet
         resumed = gpt(home, "train", str(corpus), *RUN)  # nothing to resume: start again
     else:
         loaded = gpt(home, "generate", "Once", "-m", "m", "-n", "5")

@@ -1,10 +1,15 @@
-"""Model and training configuration: dataclasses, named presets, validation, JSON round-trips."""
+"""Model and training configuration: dataclasses, named presets, validation, JSON round-trips,
+and the flat TOML of run config files (`--config`, `--print-config`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gptcli.errors import GptError
@@ -141,6 +146,8 @@ class TrainConfig:
     dtype: str = "auto"  # bfloat16 autocast on CUDA, float32 elsewhere
     compile: bool | None = None  # None: on for CUDA, off otherwise
     val_fraction: float = 0.1
+    sample_every: int | None = None  # steps between printed samples; 0 never; None automatic
+    sample_prompt: str | None = None  # None: the opening words of the training text
 
     def __post_init__(self) -> None:
         checks = [
@@ -160,6 +167,10 @@ class TrainConfig:
             (self.save_seconds is None or self.save_seconds > 0, "--save-every must be positive"),
             (self.skip_nonfinite >= 0, "--skip-nonfinite must be 0 or more"),
             (0.0 <= self.val_fraction < 1.0, "--val-fraction must be in [0, 1)"),
+            (
+                self.sample_every is None or self.sample_every >= 0,
+                "--sample-every must be 0 or more",
+            ),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
@@ -190,3 +201,60 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise GptError(f"duration must be positive, got {text!r}")
     return seconds
+
+
+# -- run config files: flat TOML ---------------------------------------------------------------
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a one-line GptError."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise GptError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise GptError(f"{path}: is a directory, not a TOML file") from None
+    except UnicodeDecodeError:
+        raise GptError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GptError(f"{path}: not valid TOML ({exc})") from None
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: a string, a number, a bool, or a list of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)  # always has a '.' or an exponent, so it reads back as a float
+    if isinstance(value, str):
+        # JSON's escapes are TOML's for basic strings; non-ASCII stays as it is
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Flat `key = value` lines; None values are left out (TOML has no null)."""
+    lines = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
+        lines.append(f"{name} = {toml_value(value)}")
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -24,6 +24,7 @@ from torch import nn
 from gptcli.config import TrainConfig
 from gptcli.data import Batches, build_corpus, find_text_files, read_corpus, read_jsonl
 from gptcli.errors import GptError
+from gptcli.monitor import monitor_for, new_run_id, prompt_from
 from gptcli.store import ModelStore
 from gptcli.tokenizer import Tokenizer
 from gptcli.train import (
@@ -62,6 +63,7 @@ class FinetuneRequest:
     aux_lm_weight: float = 0.5
     force: bool = False
     resume: bool = False
+    config: dict[str, Any] | None = None  # the command's settings, as --print-config shows them
 
 
 def detect_task(files: list[Path]) -> str:
@@ -286,6 +288,7 @@ def run_finetune(
     extra_files: dict[str, str] = {}
     data_info: dict[str, Any] = {"files": [str(f.resolve()) for f in files]}
 
+    sample_prompt = None  # samples while training: plain text only
     if task == "text":
         texts = read_corpus([str(f) for f in files])
         corpus = build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
@@ -306,6 +309,7 @@ def run_finetune(
                 corpus.val.tokens, cfg.batch_size, block_size, device, cfg.seed + 1
             )
         data_info = corpus.describe() | {"val_fraction": cfg.val_fraction}
+        sample_prompt = prompt_from(texts, cfg)
     else:
         if task == "chat":
             template = ChatTemplate()
@@ -370,22 +374,39 @@ def run_finetune(
     base_info = {
         "kind": "finetune",
         "task": task,
+        "run": info.get("run") or new_run_id(),
         "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": info.get("config") if request.resume else request.config,
         "base": info.get("base") or {"name": loaded.name, "path": str(base_dir)},
         "train": cfg.to_dict()
         | {"lora": request.lora_rank, "aux_lm_weight": request.aux_lm_weight},
         "tokenizer": tokenizer.kind,
         "data": data_info,
     }
+    claimed = False  # live metrics in train.json and samples: see gptcli.monitor
+    if dist.is_main:
+        sampling = None if sample_prompt is None else (model, tokenizer, sample_prompt)
+        observer, claimed = monitor_for(
+            observer, store, request.name, base_info, state.history, cfg, sampling
+        )
     saver = CheckpointWriter(
         store,
         request.name,
         tokenizer,
         base_info,
-        replace=request.force or request.resume,
+        replace=request.force or request.resume or claimed,
         extra_files=extra_files,
     )
     run_and_store(
-        model, train_batches, val_batches, optimizer_cfg, observer, state, optimizers, saver, dist
+        model,
+        train_batches,
+        val_batches,
+        optimizer_cfg,
+        observer,
+        state,
+        optimizers,
+        saver,
+        dist,
+        discard=target if claimed else None,
     )
     return {"name": request.name, "path": str(target), "task": task, **saver.last}

@@ -249,6 +249,20 @@ class ModelStore:
             if p.is_dir() and not p.name.startswith(".") and (p / "config.json").is_file()
         )
 
+    def unfinished_names(self) -> list[str]:
+        """Runs with metrics (train.json) but no saved model yet: in progress, or stopped
+        before their first checkpoint."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.models_dir.iterdir()
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and not (p / "config.json").is_file()
+            and (p / "train.json").is_file()
+        )
+
     # -- default model --------------------------------------------------------------------
     def default_name(self) -> str | None:
         path = self.home / "default"

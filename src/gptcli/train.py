@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +25,7 @@ from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Batches, Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
 from gptcli.model import GPT
+from gptcli.monitor import discard_unsaved, monitor_for, new_run_id, prompt_from
 from gptcli.optim import make_muon, split_parameters
 from gptcli.store import ModelStore, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
@@ -418,6 +420,7 @@ class TrainRequest:
     force: bool = False
     resume: bool = False
     auto_batch: bool = False  # the batch size was not given: the chosen shape may set it
+    config: dict[str, Any] | None = None  # the command's settings, as --print-config shows them
 
 
 def prepare_tokenizer(
@@ -610,15 +613,38 @@ def run_train_from_scratch(
         log(f"resuming at step {state.step}")
     base_info = {
         "kind": "train",
+        "run": info.get("run") or new_run_id(),
         "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": info.get("config") if request.resume else request.config,
         "train": cfg.to_dict(),
         "tokenizer": tokenizer.kind,
         "data": corpus.describe() | {"val_fraction": cfg.val_fraction},
     }
+    claimed = False  # live metrics in train.json and samples: see gptcli.monitor
+    if dist.is_main:
+        sampling = (model, tokenizer, prompt_from(texts, cfg))
+        observer, claimed = monitor_for(
+            observer, store, request.name, base_info, state.history, cfg, sampling
+        )
     saver = CheckpointWriter(
-        store, request.name, tokenizer, base_info, replace=request.force or request.resume
+        store,
+        request.name,
+        tokenizer,
+        base_info,
+        replace=request.force or request.resume or claimed,
     )
-    run_and_store(model, train_batches, val_batches, cfg, observer, state, optimizers, saver, dist)
+    run_and_store(
+        model,
+        train_batches,
+        val_batches,
+        cfg,
+        observer,
+        state,
+        optimizers,
+        saver,
+        dist,
+        discard=target if claimed else None,
+    )
     return {"name": request.name, "path": str(target), "params": model.num_params(), **saver.last}
 
 
@@ -741,15 +767,21 @@ def run_and_store(
     optimizers: list[torch.optim.Optimizer],
     saver: CheckpointWriter,
     dist: Distributed,
+    discard: Path | None = None,
 ) -> None:
     """The loop, checkpointing through `saver`; then the model becomes the store's default.
 
-    A divergence says which checkpoint survives.
+    A divergence says which checkpoint survives. `discard`: a directory this run created for
+    its live metrics, removed if the run fails before its first checkpoint.
     """
     try:
         train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist)
-    except Diverged as exc:
-        raise GptError(f"{exc}; {saver.kept()}") from None
+    except BaseException as exc:
+        if discard is not None:
+            discard_unsaved(discard)
+        if isinstance(exc, Diverged):
+            raise GptError(f"{exc}; {saver.kept()}") from None
+        raise
     finally:
         dist.close()
     if dist.is_main:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gptcli.cli.console import print_json
+from gptcli.cli.options import complete_model_name
 
 HELP = """Label texts with a classifier model (one fine-tuned with --task classify).
 
@@ -23,7 +24,12 @@ def classify(
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="Classifier model (default: the default model)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="Classifier model (default: the default model).",
+            autocompletion=complete_model_name,
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     json_out: Annotated[

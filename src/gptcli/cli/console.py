@@ -1,4 +1,9 @@
-"""Consoles: results go to stdout, progress and messages to stderr; colour only on a TTY."""
+"""Consoles: results go to stdout, progress and messages to stderr.
+
+Colour and progress bars only on a terminal, and no colour at all when NO_COLOR is set
+(https://no-color.org). Both are decided each time something is printed, not when the
+module is imported, so one process can print to a pipe and to a terminal.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +15,32 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-_no_color = bool(os.environ.get("NO_COLOR"))
-err = Console(stderr=True, no_color=_no_color, highlight=False)
-out = Console(no_color=_no_color, highlight=False, soft_wrap=True)
+
+def no_color() -> bool:
+    return os.environ.get("NO_COLOR", "") != ""
+
+
+class TerminalConsole(Console):
+    """A rich Console whose colour system follows the terminal and NO_COLOR as it prints."""
+
+    @property  # type: ignore[override]
+    def _color_system(self) -> Any:
+        if no_color() or not self.is_terminal:
+            return None
+        return self._detect_color_system()
+
+    @_color_system.setter
+    def _color_system(self, value: Any) -> None:
+        pass  # rich's constructor sets it once; we decide per print instead
+
+
+err = TerminalConsole(stderr=True, highlight=False)
+out = TerminalConsole(highlight=False, soft_wrap=True)
 
 
 def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()
+    """Whether progress bars belong on stderr (a terminal, or FORCE_COLOR / TTY_COMPATIBLE)."""
+    return err.is_terminal
 
 
 def info(message: str, quiet: bool = False) -> None:

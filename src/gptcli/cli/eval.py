@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
+from gptcli.cli.options import complete_model_name
 
 HELP = """Measure models, one row per model: mean loss per token (nats), perplexity and bits per
 byte, or multiple-choice accuracy.
@@ -50,12 +51,13 @@ class Task(str, Enum):
 class EvalProgress:
     """One transient rich progress bar on stderr when it is a terminal; nothing otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
         self.progress: Any = None
         self.task: Any = None
 
     def __enter__(self) -> EvalProgress:
-        if stderr_is_tty():
+        if stderr_is_tty() and not self.quiet:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -150,7 +152,9 @@ def evaluate(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="MODEL", help="Model names or directories (default: the default model)."
+            metavar="MODEL",
+            help="Model names or directories (default: the default model).",
+            autocompletion=complete_model_name,
         ),
     ] = None,
     data: Annotated[
@@ -173,6 +177,7 @@ def evaluate(
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per model on stdout.")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     from gptcli.checkpoint import load_model
     from gptcli.data import find_text_files, read_text
@@ -216,7 +221,7 @@ def evaluate(
     dev = pick_device(device)
 
     rows = []
-    with EvalProgress() as progress:
+    with EvalProgress(quiet) as progress:
         for model_dir in model_dirs:
             loaded = load_model(model_dir, dev)
             name = loaded.name

@@ -6,6 +6,15 @@ from typing import Annotated
 
 import typer
 
+from gptcli.cli.options import complete_model_name
+from gptcli.cli.runconfig import (
+    ConfigFile,
+    PrintConfig,
+    absolute_inputs,
+    missing,
+    print_config,
+    resolved_config,
+)
 from gptcli.cli.train import (
     BatchSize,
     Compile,
@@ -23,6 +32,8 @@ from gptcli.cli.train import (
     MuonLr,
     Quiet,
     Resume,
+    SampleEvery,
+    SamplePrompt,
     SaveEvery,
     Schedule,
     Seed,
@@ -32,6 +43,7 @@ from gptcli.cli.train import (
     WeightDecay,
     run_training,
     train_config,
+    train_settings,
 )
 
 HELP = """Fine-tune a stored model (BASE is never modified; the result is a new model).
@@ -41,16 +53,28 @@ Tasks: text (more plain text, the default for .txt), chat (JSONL {"messages": [.
 a head on the last token, loss = classification + --aux-lm-weight x LM loss).
 Defaults suit fine-tuning: lr 3e-4 (Muon 0.005), 10 warmup steps, 300 steps.
 
+Every flag can also come from a TOML file (--config ft.toml; keys are the flag names with
+underscores, base and inputs included); flags on the command line override it.
+
 Example: gpt finetune stories examples/chat.jsonl --name stories-chat
 """
 
 
 def finetune(
+    ctx: typer.Context,
     base: Annotated[
-        str, typer.Argument(help="Stored model name or model directory to start from.")
-    ],
-    inputs: Inputs,
-    name: Annotated[str, typer.Option("--name", "-o", help="Name of the new model.")],
+        str | None,
+        typer.Argument(
+            metavar="BASE",
+            help="Stored model name or model directory to start from (or base in --config).",
+            autocompletion=complete_model_name,
+            show_default=False,
+        ),
+    ] = None,
+    inputs: Inputs = None,
+    name: Annotated[
+        str | None, typer.Option("--name", "-o", help="Name of the new model (required).")
+    ] = None,
     task: Annotated[
         str | None, typer.Option(help="text, chat or classify (default: from the data).")
     ] = None,
@@ -78,6 +102,8 @@ def finetune(
     eval_every: EvalEvery = None,
     save_every: SaveEvery = None,
     skip_nonfinite: SkipNonfinite = None,
+    sample_every: SampleEvery = None,
+    sample_prompt: SamplePrompt = None,
     val_fraction: ValFraction = None,
     seed: Seed = None,
     device: Device = None,
@@ -85,13 +111,14 @@ def finetune(
     compile: Compile = None,
     resume: Resume = False,
     force: Force = False,
+    config: ConfigFile = None,
+    print_config_: PrintConfig = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     from gptcli.errors import GptError
-    from gptcli.finetune import FINETUNE_DEFAULTS, FinetuneRequest
-    from gptcli.finetune import finetune as run_finetune
-    from gptcli.store import ModelStore, check_name
+    from gptcli.finetune import FINETUNE_DEFAULTS
+    from gptcli.store import check_name
 
     if aux_lm_weight < 0:
         raise GptError("--aux-lm-weight must be 0 or more")
@@ -115,22 +142,42 @@ def finetune(
         eval_every=eval_every,
         save_every=save_every,
         skip_nonfinite=skip_nonfinite,
+        sample_every=sample_every,
+        sample_prompt=sample_prompt,
         val_fraction=val_fraction,
         seed=seed,
         device=device,
         dtype=dtype,
         compile=compile,
     )
+    if name is not None:
+        check_name(name)
+    settings = resolved_config(ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs)})
+    if print_config_:
+        print_config(settings)
+        return
+    if base is None:
+        raise missing(ctx, "argument 'BASE'", "base")
+    if not inputs:
+        raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
+    if name is None:
+        raise missing(ctx, "option '--name'", "name")
+
+    from gptcli.finetune import FinetuneRequest
+    from gptcli.finetune import finetune as run_finetune
+    from gptcli.store import ModelStore
+
     request = FinetuneRequest(
         base=base,
         inputs=inputs,
-        name=check_name(name),
+        name=name,
         cfg=cfg,
         task=task,
         lora_rank=lora,
         aux_lm_weight=aux_lm_weight,
         force=force,
         resume=resume,
+        config=settings,
     )
     run_training(
         lambda observer, log: run_finetune(request, ModelStore(), observer, log), quiet, json_out

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from gptcli.cli.console import info, print_json
+from gptcli.cli.options import ModelOption
 
 HELP = """Continue a prompt with a model (the default one unless -m).
 
@@ -17,14 +18,6 @@ The prompt comes from stdin when omitted or '-'.
 Example: gpt generate "Once upon a time" -n 200 --temperature 0.8
 """
 
-ModelOption = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Model name or directory (default: the store's default, the last trained).",
-    ),
-]
 
 # Sampling flags, shared with `gpt chat`.
 TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]

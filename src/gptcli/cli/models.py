@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from gptcli.cli.console import out, print_json
+from gptcli.cli.console import info, out, print_json
+from gptcli.cli.options import complete_model_name
 
 app = typer.Typer(
     help="List, inspect, remove and choose stored models; import and export Hugging Face "
@@ -15,43 +16,83 @@ app = typer.Typer(
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
+ModelName = Annotated[
+    str, typer.Argument(help="Model name.", autocompletion=complete_model_name, show_default=False)
+]
 
 
-def summarize(path: Any) -> dict[str, Any]:
-    """What the store knows of a model, from its JSON files alone (no weights loaded)."""
+def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
+    """What the store knows of a model, from its JSON files alone (no weights loaded).
+
+    A run still training before its first checkpoint has only train.json: its shape fields
+    are None and `weights` is False.
+    """
     from gptcli import hf
     from gptcli.config import ModelConfig
     from gptcli.store import count_parameters, read_json
 
+    config: Any = None
+    params = None
     if hf.is_hf_dir(path):
         config = hf.read_hf_config(path)
         params = hf.count_hf_parameters(path)
-    else:
+    elif (path / "config.json").is_file():
         config = ModelConfig.from_dict(read_json(path / "config.json"))
         params = count_parameters(path / "model.safetensors")
     info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    files = info.get("data", {}).get("files", [])
+    paths = [f.get("path") if isinstance(f, dict) else f for f in files]
+
+    def shape(field: str) -> Any:
+        return getattr(config, field) if config is not None else None
+
     return {
         "name": path.name,
         "path": str(path),
-        "family": config.family,
-        "preset": config.preset,
+        "default": path.name == default,
+        "weights": config is not None,
+        "kind": info.get("kind"),
+        "task": info.get("task"),
+        "base": (info.get("base") or {}).get("name"),
+        "source": info.get("source"),
+        "family": shape("family"),
+        "preset": shape("preset"),
         "params": params,
-        "layers": config.n_layer,
-        "heads": config.n_head,
-        "width": config.n_embd,
-        "context": config.block_size,
-        "vocab_size": config.vocab_size,
+        "layers": shape("n_layer"),
+        "heads": shape("n_head"),
+        "width": shape("n_embd"),
+        "context": shape("block_size"),
+        "vocab_size": shape("vocab_size"),
+        "labels": shape("labels"),
         "tokenizer": info.get("tokenizer"),
+        "data": data_summary(info.get("data", {})),
+        "data_files": paths,
         "steps": result.get("steps"),
+        "tokens": result.get("tokens"),
+        "seconds": result.get("seconds"),
         "train_loss": result.get("train_loss"),
         "val_loss": result.get("val_loss"),
-        "seconds": result.get("seconds"),
+        "stopped": result.get("stopped"),
         "created": info.get("created"),
         "size_bytes": size,
-        "data_files": [f.get("path") for f in info.get("data", {}).get("files", [])],
+        "config": info.get("config"),
+        "history": info.get("history", []),
     }
+
+
+def data_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Files, bytes, and the tokens or examples on each side of the split."""
+    files = data.get("files", [])
+    summary: dict[str, Any] = {"files": len(files)}
+    sizes = [f.get("bytes") for f in files if isinstance(f, dict)]
+    if sizes and all(isinstance(b, int) for b in sizes):
+        summary["bytes"] = sum(sizes)
+    for key in ("train_tokens", "val_tokens", "train_examples", "val_examples"):
+        if key in data:
+            summary[key] = data[key]
+    return summary
 
 
 def human_count(n: int | None) -> str:
@@ -63,7 +104,23 @@ def human_count(n: int | None) -> str:
     return str(n)
 
 
-@app.command("list", help="Stored models, newest first.\n\nExample: gpt models list --json")
+def human_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+@app.command(
+    "list",
+    help="Stored models, newest first: parameters, context, last validation loss, size on disk "
+    "and date. Runs that have not saved a model yet are listed as training.\n\n"
+    "Example: gpt models list --json",
+)
 def list_cmd(json_out: JsonOption = False) -> None:
     from rich.table import Table
 
@@ -71,19 +128,26 @@ def list_cmd(json_out: JsonOption = False) -> None:
     from gptcli.store import ModelStore
 
     store = ModelStore()
+    default = store.default_name()
     rows = []
-    for name in store.names():
+    for name in store.names() + store.unfinished_names():
         try:
-            rows.append(summarize(store.model_dir(name)))
+            row = summarize(store.model_dir(name), default)
         except GptError as exc:
-            rows.append({"name": name, "error": str(exc), "created": ""})
+            row = {"name": name, "error": str(exc), "created": ""}
+        row.pop("history", None)  # the curve is `gpt models show`'s
+        rows.append(row)
 
     def age(row: dict[str, Any]) -> int:
-        weights = store.model_dir(row["name"]) / "model.safetensors"
-        return weights.stat().st_mtime_ns if weights.is_file() else 0
+        directory = store.model_dir(row["name"])
+        stamps = [
+            f.stat().st_mtime_ns
+            for f in (directory / "model.safetensors", directory / "train.json")
+            if f.is_file()
+        ]
+        return max(stamps, default=0)
 
     rows.sort(key=age, reverse=True)
-    default = store.default_name()
     if json_out:
         print_json({"models": rows, "default": default})
         return
@@ -91,8 +155,8 @@ def list_cmd(json_out: JsonOption = False) -> None:
         typer.echo("no models yet: run `gpt train FILE` to make one")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("name", "family", "params", "context", "val loss", "size", "created"):
-        table.add_column(column)
+    for column in ("name", "family", "params", "context", "val loss", "size", "date"):
+        table.add_column(column, justify="right" if column in ("params", "val loss") else "left")
     for r in rows:
         mark = "* " if r["name"] == default else "  "
         if "error" in r:
@@ -101,65 +165,222 @@ def list_cmd(json_out: JsonOption = False) -> None:
         val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
         table.add_row(
             mark + r["name"],
-            r["family"],
+            r["family"] or "(training)",
             human_count(r["params"]),
-            str(r["context"]),
+            str(r["context"] or "-"),
             val,
             human_count(r["size_bytes"]) + "B",
-            (r["created"] or "")[:16],
+            (r["created"] or "")[:16].replace("T", " "),
         )
     out.print(table)
 
 
-@app.command("show", help="Details of one model.\n\nExample: gpt models show stories")
+SHOW_HELP = """Details of one model, and its loss curve drawn in the terminal.
+
+Parameters, family and preset, tokenizer and vocabulary, context, training data, steps, time,
+final losses, the loss curve (train and validation) and the settings of the run (as lines
+that `gpt train --config` reads). A run still training shows its progress so far.
+
+--json fields: name, path, default, weights (false before a run's first checkpoint), kind
+(train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
+context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
+train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
+stopped (max_steps, max_time, interrupted, running), created, size_bytes, config (the run's
+settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr).
+
+Example: gpt models show stories --plot stories-loss.png
+"""
+
+
+@app.command("show", help=SHOW_HELP)
 def show_cmd(
     name: Annotated[
-        str | None, typer.Argument(help="Model name or directory (default: the default model).")
+        str | None,
+        typer.Argument(
+            help="Model name or directory (default: the default model).",
+            autocompletion=complete_model_name,
+        ),
+    ] = None,
+    plot: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE.png",
+            help="Also draw the loss curve into an image (needs matplotlib: the plot extra).",
+        ),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
+    from pathlib import Path
+
     from gptcli.store import ModelStore
 
-    row = summarize(ModelStore().resolve(name))
+    store = ModelStore()
+    if name is not None and name in store.unfinished_names():
+        path = store.model_dir(name)
+    else:
+        path = store.resolve(name)
+    row = summarize(path, store.default_name())
+    if plot is not None:
+        write_plot(Path(plot).expanduser(), row["name"], row["history"])
+        info(f"wrote {plot}")
     if json_out:
         print_json(row)
         return
-    for key, value in row.items():
-        if key == "params":
-            value = f"{human_count(value)} ({value:,})"
-        if isinstance(value, float):
-            value = f"{value:.4f}"
-        if isinstance(value, list):
-            value = ", ".join(map(str, value)) or "-"
-        typer.echo(f"{key:>12}: {value if value is not None else '-'}")
+    print_summary(row)
+
+
+def print_summary(row: dict[str, Any]) -> None:
+    from rich.text import Text
+
+    from gptcli.cli.chart import loss_chart
+    from gptcli.config import to_toml
+
+    lines: list[tuple[str, str]] = []
+    kind = row["kind"]
+    if kind == "finetune":
+        lines.append(("kind", f"fine-tuned from {row['base']} ({row['task']})"))
+    elif kind == "import":
+        lines.append(("kind", f"imported from {row['source']}"))
+    elif kind == "train":
+        lines.append(("kind", "trained from scratch"))
+    if row["weights"]:
+        lines.append(
+            (
+                "parameters",
+                f"{human_count(row['params'])} ({row['params']:,}): {row['layers']} layers, "
+                f"{row['heads']} heads, width {row['width']}",
+            )
+        )
+        lines.append(("family", f"{row['family']}, preset {row['preset'] or '-'}"))
+        vocab = f"vocabulary {row['vocab_size']:,}"
+        lines.append(("tokenizer", f"{row['tokenizer']}, {vocab}" if row["tokenizer"] else vocab))
+        lines.append(("context", f"{row['context']:,} tokens"))
+        if row["labels"]:
+            lines.append(("labels", ", ".join(row["labels"])))
+    else:
+        lines.append(("weights", "none yet: the run has not saved a checkpoint"))
+    data = row["data"]
+    if data["files"]:
+        parts = [f"{data['files']} file{'s' if data['files'] != 1 else ''}"]
+        if "bytes" in data:
+            parts[0] += f", {data['bytes']:,} bytes"
+        for key, unit in (("train", "training"), ("val", "validation")):
+            for what in ("tokens", "examples"):
+                if f"{key}_{what}" in data:
+                    parts.append(f"{data[f'{key}_{what}']:,} {unit} {what}")
+        lines.append(("data", "; ".join(parts)))
+        lines.extend(("", str(f)) for f in row["data_files"][:5])
+        if len(row["data_files"]) > 5:
+            lines.append(("", f"... and {len(row['data_files']) - 5} more"))
+    if row["steps"] is not None:
+        tokens = f", {row['tokens']:,} tokens" if row["tokens"] is not None else ""
+        stopped = row["stopped"]
+        state = "still running" if stopped == "running" else f"stopped at {stopped}"
+        lines.append(
+            ("training", f"{row['steps']:,} steps{tokens} in {human_time(row['seconds'])}, {state}")
+        )
+        lines.append(
+            (
+                "losses",
+                f"train {fmt_loss(row['train_loss'])}, validation {fmt_loss(row['val_loss'])}",
+            )
+        )
+    if row["created"]:
+        lines.append(("created", row["created"].replace("T", " ")))
+    lines.append(("size", f"{human_count(row['size_bytes'])}B on disk, {row['path']}"))
+
+    title = Text(row["name"], style="bold")
+    if row["default"]:
+        title.append(" (the default model)")
+    out.print(title)
+    for key, value in lines:
+        out.print(Text(f"  {key:<11}", style="bold") + Text(value))
+    history = row["history"]
+    if history:
+        out.print()
+        train = [(h["step"], h.get("train_loss")) for h in history]
+        val = [(h["step"], h.get("val_loss")) for h in history]
+        width = max(20, min(72, out.width - 14))
+        out.print(loss_chart(train, val, width=width, indent=2))
+    if row["config"]:
+        out.print()
+        out.print(Text("  settings", style="bold") + Text(" (a file for --config)"))
+        for line in to_toml(row["config"]).splitlines():
+            out.print(Text("    " + line))
+
+
+def fmt_loss(loss: float | None) -> str:
+    return "-" if loss is None else f"{loss:.4f}"
+
+
+def write_plot(path: Any, name: str, history: list[dict[str, Any]]) -> None:
+    """The loss curve as an image, through matplotlib (an optional extra)."""
+    from gptcli.errors import GptError
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptError("--plot needs matplotlib: pip install 'gptcli[plot]'") from None
+    train = [(h["step"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
+    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    if len(train) + len(val) < 2:
+        raise GptError(f"{name} has no loss curve to plot (fewer than two evaluations)")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", markersize=3, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:
+        raise GptError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+    finally:
+        plt.close(fig)
 
 
 @app.command("rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model")
-def rm_cmd(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
     from gptcli.store import ModelStore
 
     ModelStore().remove(name)
-    typer.echo(f"removed {name}")
+    if json_out:
+        print_json({"removed": name})
+    else:
+        typer.echo(f"removed {name}")
 
 
 @app.command(
     "default", help="Show or set the default model.\n\nExample: gpt models default stories"
 )
 def default_cmd(
-    name: Annotated[str | None, typer.Argument(help="Model name to make default.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Model name to make default.", autocompletion=complete_model_name),
+    ] = None,
+    json_out: JsonOption = False,
 ) -> None:
     from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
-    if name is None:
-        current = store.default_name()
-        if current is None:
-            raise GptError("no default model yet: run `gpt train FILE` first")
-        typer.echo(current)
-        return
-    store.set_default(name)
-    typer.echo(f"default model: {name}")
+    if name is not None:
+        store.set_default(name)
+    current = store.default_name()
+    if current is None:
+        raise GptError("no default model yet: run `gpt train FILE` first")
+    if json_out:
+        print_json({"default": current})
+    else:
+        typer.echo(current if name is None else f"default model: {name}")
 
 
 IMPORT_HELP = """Import a Hugging Face GPT-2 model directory into the store.
@@ -184,7 +405,6 @@ def import_cmd(
 ) -> None:
     from pathlib import Path
 
-    from gptcli.cli.console import info
     from gptcli.hf import import_hf_dir
     from gptcli.store import check_name
 
@@ -212,7 +432,10 @@ Example: gpt models export stories ./stories-hf
 
 @app.command("export", help=EXPORT_HELP)
 def export_cmd(
-    name: Annotated[str, typer.Argument(help="Model name or directory.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="Model name or directory.", autocompletion=complete_model_name),
+    ],
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write.")],
     force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
     json_out: JsonOption = False,

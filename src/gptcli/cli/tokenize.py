@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from gptcli.cli.console import err, info, out, print_json
+from gptcli.cli.console import err, info, no_color, out, print_json
+from gptcli.cli.options import complete_model_name
 
 app = typer.Typer(
     help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
@@ -15,7 +16,10 @@ app = typer.Typer(
 )
 
 ModelOption = Annotated[
-    str | None, typer.Option("--model", "-m", help="Use this model's tokenizer.")
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Use this model's tokenizer.", autocompletion=complete_model_name
+    ),
 ]
 TokenizerOption = Annotated[
     str | None,
@@ -57,6 +61,7 @@ def train_cmd(
         bool, typer.Option("--force", help="Replace a tokenizer of the same name.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
     from gptcli.config import TrainConfig
     from gptcli.data import read_corpus
@@ -78,7 +83,7 @@ def train_cmd(
         tokenizer="char" if char else "bpe",
         vocab_size=vocab_size,
     )
-    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=info)
+    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=lambda m: info(m, quiet))
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:
@@ -116,10 +121,22 @@ def encode_cmd(
 
     view = Text()
     colours = ("on blue", "on magenta", "on dark_green", "on dark_orange3")
-    for i, piece in enumerate(tok.pieces(ids)):
+    for i, piece in enumerate(shown_pieces(tok, ids)):
+        if i and no_color():  # without colours, a bar shows where one token ends
+            view.append("|")
         view.append(piece.replace("\n", "\\n\n"), style=colours[i % len(colours)])
     out.print(view)
     err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
+
+
+def shown_pieces(tok, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+    """Each token's text, with the bytes of a partial character (a multi-byte character split
+    between tokens, as in Chinese with BPE) written \\xNN instead of U+FFFD."""
+    pieces = []
+    for token_id, piece in zip(ids, tok.pieces(ids), strict=True):
+        raw = tok.token_bytes(token_id)
+        pieces.append(raw.decode("utf-8", errors="backslashreplace") if raw else piece)
+    return pieces
 
 
 @app.command("decode", help="Token ids -> text.\n\nExample: gpt tokenize decode 12 7 42 -m stories")

@@ -9,10 +9,22 @@ from typing import Annotated, Any
 import typer
 
 from gptcli.cli.console import err, info, print_json, stderr_is_tty
+from gptcli.cli.runconfig import (
+    ConfigFile,
+    PrintConfig,
+    absolute_inputs,
+    missing,
+    print_config,
+    resolved_config,
+)
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
 
+Every flag can also come from a TOML file (--config run.toml; keys are the flag names with
+underscores); flags on the command line override it. --print-config shows the result.
+
 Example: gpt train examples/stories --max-time 60s
+Example: gpt train examples/stories --max-time 5m --print-config > run.toml
 """
 
 
@@ -81,6 +93,15 @@ class TrainProgress:
                 f"{stats.tokens_per_second:,.0f} tok/s, {stats.seconds:.1f}s"
             )
 
+    def on_sample(self, step: int, text: str) -> None:
+        """A sample from the model as it is now: above the bar on a terminal, a line otherwise."""
+        if self.quiet:
+            return
+        from rich.text import Text
+
+        line = Text.assemble((f"step {step} sample: ", "bold"), (text.replace("\n", " ⏎ "), "cyan"))
+        (self.progress.console if self.live else err).print(line, soft_wrap=True)
+
 
 def fmt(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
@@ -94,9 +115,11 @@ def default_name(inputs: list[str]) -> str:
 
 
 Inputs = Annotated[
-    list[str],
+    list[str] | None,
     typer.Argument(
-        metavar="FILE_OR_DIR...", help="Text files, directories of .txt files, or globs."
+        metavar="FILE_OR_DIR...",
+        help="Text files, directories of .txt files, or globs (or inputs in --config).",
+        show_default=False,
     ),
 ]
 Name = Annotated[
@@ -149,6 +172,17 @@ WarmupSteps = Annotated[int | None, typer.Option(help="Learning-rate warmup step
 WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrices.")]
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
 EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: 100).")]
+SampleEvery = Annotated[
+    int | None,
+    typer.Option(
+        help="Print a short sample every N steps, 0 for none (default: ten in a run, none in "
+        "runs under 1000 steps or 2 minutes).",
+    ),
+]
+SamplePrompt = Annotated[
+    str | None,
+    typer.Option(help="Prompt of those samples (default: the first words of the text)."),
+]
 SaveEvery = Annotated[
     str | None,
     typer.Option(
@@ -184,7 +218,9 @@ Resume = Annotated[
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or messages.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, samples or messages on stderr.")
+]
 
 
 def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, **given: Any):  # type: ignore[no-untyped-def]
@@ -202,6 +238,11 @@ def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, *
         else:
             values["save_every"], values["save_seconds"] = None, parse_duration(save_every)
     return TrainConfig(**values)
+
+
+def train_settings(cfg: Any) -> dict[str, Any]:
+    """A TrainConfig as config-file values: every setting resolved, max_time as given."""
+    return {k: v for k, v in cfg.to_dict().items() if k != "max_time"}
 
 
 def run_training(job: Any, quiet: bool, json_out: bool) -> None:
@@ -228,7 +269,8 @@ def run_training(job: Any, quiet: bool, json_out: bool) -> None:
 
 
 def train(
-    inputs: Inputs,
+    ctx: typer.Context,
+    inputs: Inputs = None,
     name: Name = None,
     preset: Preset = "auto",
     family: Family = None,
@@ -260,6 +302,8 @@ def train(
     eval_every: EvalEvery = None,
     save_every: SaveEvery = None,
     skip_nonfinite: SkipNonfinite = None,
+    sample_every: SampleEvery = None,
+    sample_prompt: SamplePrompt = None,
     val_fraction: ValFraction = None,
     seed: Seed = None,
     device: Device = None,
@@ -267,13 +311,14 @@ def train(
     compile: Compile = None,
     resume: Resume = False,
     force: Force = False,
+    config: ConfigFile = None,
+    print_config_: PrintConfig = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
 ) -> None:
     from gptcli.config import FAMILIES, PRESETS
     from gptcli.errors import GptError
-    from gptcli.store import ModelStore, check_name
-    from gptcli.train import TrainRequest, train_from_scratch
+    from gptcli.store import check_name
 
     if preset != "auto" and preset not in PRESETS:
         raise GptError(f"unknown preset {preset!r} (choose from auto, {', '.join(PRESETS)})")
@@ -298,15 +343,30 @@ def train(
         eval_every=eval_every,
         save_every=save_every,
         skip_nonfinite=skip_nonfinite,
+        sample_every=sample_every,
+        sample_prompt=sample_prompt,
         val_fraction=val_fraction,
         seed=seed,
         device=device,
         dtype=dtype,
         compile=compile,
     )
+    name = check_name(name) if name is not None else (default_name(inputs) if inputs else None)
+    settings = resolved_config(
+        ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs), "name": name}
+    )
+    if print_config_:
+        print_config(settings)
+        return
+    if not inputs:
+        raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
+
+    from gptcli.store import ModelStore
+    from gptcli.train import TrainRequest, train_from_scratch
+
     request = TrainRequest(
         inputs=inputs,
-        name=check_name(name if name is not None else default_name(inputs)),
+        name=name,
         cfg=cfg,
         preset=preset,
         family=family,
@@ -317,6 +377,7 @@ def train(
         force=force,
         resume=resume,
         auto_batch=batch_size is None,
+        config=settings,
     )
     run_training(
         lambda observer, log: train_from_scratch(request, ModelStore(), observer, log),
