@@ -219,7 +219,7 @@ def test_piped_chat_prints_only_replies(trained_home: Path) -> None:
     records = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [r["user"] for r in records] == ["Hello there", "Tell me a story"]
     assert all(r["reply"] and r["reply"] == r["reply"].strip() for r in records)
-    assert all(r["new_tokens"] <= 30 and r["finish"] in ("stop", "length") for r in records)
+    assert all(r["generated_tokens"] <= 30 and r["finish"] in ("stop", "length") for r in records)
     assert result.stdout == "".join(r["reply"] + "\n" for r in records)
     assert ">>>" not in result.stdout and "\x1b" not in result.stdout
 

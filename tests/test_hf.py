@@ -156,7 +156,7 @@ def test_greedy_generation_matches_transformers(
     prompt = "Once upon a time"
     result = run(
         "generate", prompt, "-m", str(hf_dir), "-n", "20", "--temperature", "0",
-        "--ignore-eos", "--json",
+        "--ignore-eos", "--dtype", "float32", "--json",
     )  # fmt: skip
     ours = json.loads(result.stdout)
     ids = torch.tensor([hf_tokenizer(prompt)["input_ids"]])
@@ -164,7 +164,7 @@ def test_greedy_generation_matches_transformers(
         ids, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0
     )
     new = out[0, ids.shape[1] :].tolist()
-    assert len(new) == 20 and ours["new_tokens"] == 20
+    assert len(new) == 20 and ours["generated_tokens"] == 20
     assert len(set(new)) > 3  # not one token repeated
     assert ours["text"] == hf_tokenizer.decode(new)
     assert not home.exists()  # -m DIR did not import anything

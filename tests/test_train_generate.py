@@ -39,7 +39,7 @@ def test_generate_from_argument_and_stdin(trained_home: Path) -> None:
 def test_generate_json_greedy_and_samples(trained_home: Path) -> None:
     a = json.loads(run("generate", "The fox", "-n", "15", "--temperature", "0", "--json").stdout)
     b = json.loads(run("generate", "The fox", "-n", "15", "--temperature", "0", "--json").stdout)
-    assert a["text"] == b["text"] and a["new_tokens"] == 15 and a["model"] == "tiny"
+    assert a["text"] == b["text"] and a["generated_tokens"] == 15 and a["model"] == "tiny"
     many = json.loads(
         run(
             "generate",

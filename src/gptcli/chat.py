@@ -319,6 +319,8 @@ SETTINGS = {
     "top_p": "nucleus sampling mass in (0, 1] (none = off)",
     "min_p": "drop tokens below this fraction of the top one (none = off)",
     "repetition_penalty": "above 1 discourages repeats",
+    "presence_penalty": "subtracted once from each token already in the reply, in [-2, 2]",
+    "frequency_penalty": "subtracted per occurrence in the reply, in [-2, 2]",
     "max_tokens": "most tokens per reply",
     "seed": "random seed (none = random)",
     "stats": "tokens/s after each reply, on stderr (on/off)",
@@ -335,6 +337,8 @@ def describe_settings(settings: ChatSettings) -> list[tuple[str, str]]:
         "top_p": s.top_p,
         "min_p": s.min_p,
         "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": s.presence_penalty,
+        "frequency_penalty": s.frequency_penalty,
         "max_tokens": settings.max_tokens,
         "seed": settings.seed,
         "stats": "on" if settings.stats else "off",
@@ -542,7 +546,7 @@ class ReplyStream:
         piece = self._trim(stream.flush())  # trailing whitespace stays held: dropped
         if piece:
             yield piece
-        if self.stats.new_tokens >= self.settings.max_tokens and not stream.stopped:
+        if self.stats.generated_tokens >= self.settings.max_tokens and not stream.stopped:
             self.finish = "length"
 
     def _trim(self, piece: str) -> str:

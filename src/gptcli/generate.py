@@ -1,51 +1,286 @@
-"""Prompt -> stream of tokens through the KV cache: prefill once, then one token per step."""
+"""Prompt -> tokens through the KV cache: prefill once, then one token per step, for one sample or
+a batch of them; stop strings and UTF-8-safe text streaming; the inference settings (weight dtype,
+CPU threads, CUDA graphs).
+"""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from gptcli.model import GPT
-from gptcli.sample import SamplingSettings, apply_repetition_penalty, sample_next_token
+from gptcli.errors import GptError
+from gptcli.model import GPT, KVCache
+from gptcli.sample import (
+    SamplingSettings,
+    apply_presence_frequency_penalties,
+    apply_repetition_penalty,
+    sample_next_token,
+)
 from gptcli.tokenizer import StreamDecoder, Tokenizer
 
+DTYPES = ("auto", "float32", "bfloat16")
 
+
+# -- inference settings ---------------------------------------------------------------------
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def inference_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The weight dtype for `--dtype`: `auto` is bfloat16 on CUDA GPUs that have it and on CPUs
+    with native bfloat16 arithmetic (half the bytes to read per token), float32 elsewhere."""
+    if choice not in DTYPES:
+        raise GptError(f"unknown dtype {choice!r} (choose {', '.join(DTYPES)})")
+    if choice != "auto":
+        return getattr(torch, choice)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
+    """Evaluation mode, weights in `dtype`; the model is changed in place and returned."""
+    model.eval()
+    if next(model.parameters()).dtype != dtype:
+        model.cast_weights(dtype)
+    return model
+
+
+def use_cuda_graphs(choice: bool | None, device: torch.device) -> bool:
+    """`--cuda-graphs`: on by default on CUDA, where it removes the per-kernel launch cost that
+    dominates one-token steps; asking for it elsewhere is an error."""
+    if choice is None:
+        return device.type == "cuda"
+    if choice and device.type != "cuda":
+        raise GptError("--cuda-graphs needs a CUDA device")
+    return choice
+
+
+def default_threads() -> int:
+    """CPU threads for generation: one per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# -- statistics -----------------------------------------------------------------------------
 @dataclass
 class GenerationStats:
+    """Token counts and timings of one generation (a batch of samples counts as one).
+
+    Prefill is the prompt's forward pass; decode is the rest, from there to the last token. A
+    sample's first token comes from the prefill, so decode speed counts the tokens after it.
+    """
+
     prompt_tokens: int = 0
-    new_tokens: int = 0
+    generated_tokens: int = 0  # all samples together
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    decode_tokens: int = 0  # generated tokens after each sample's first
 
     @property
-    def prefill_tps(self) -> float:
+    def prefill_tokens_per_s(self) -> float:
         return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
 
     @property
-    def decode_tps(self) -> float:
-        return self.new_tokens / self.decode_seconds if self.decode_seconds else 0.0
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds else 0.0
 
     def summary(self) -> str:
         """One line for `--stats`."""
         return (
-            f"prompt {self.prompt_tokens} tokens at {self.prefill_tps:,.1f} tok/s, "
-            f"generated {self.new_tokens} tokens at {self.decode_tps:,.1f} tok/s"
+            f"prompt {self.prompt_tokens} tokens, prefill {self.prefill_tokens_per_s:,.1f} "
+            f"tok/s · generated {self.generated_tokens} tokens, decode "
+            f"{self.decode_tokens_per_s:,.1f} tok/s"
         )
 
     def to_dict(self) -> dict[str, float]:
         """The fields `--json` reports."""
         return {
             "prompt_tokens": self.prompt_tokens,
-            "new_tokens": self.new_tokens,
-            "prefill_tokens_per_second": round(self.prefill_tps, 2),
-            "decode_tokens_per_second": round(self.decode_tps, 2),
+            "generated_tokens": self.generated_tokens,
+            "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 2),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
         }
 
 
+# -- the decode loop ------------------------------------------------------------------------
+class TokenCounts:
+    """Per-sample token counts behind the penalties, updated in place once per step.
+
+    `seen` covers the prompt and the samples (the repetition penalty), `generated` only the
+    samples (presence and frequency penalties).
+    """
+
+    def __init__(self, prompt: list[int], samples: int, vocab: int, device: torch.device) -> None:
+        self.seen = torch.zeros(samples, vocab, device=device)
+        self.seen[:, torch.tensor(prompt, device=device)] = 1.0
+        self.generated = torch.zeros(samples, vocab, device=device)
+        self.ones = torch.ones(samples, 1, device=device)
+
+    def add(self, ids: torch.Tensor) -> None:
+        """ids (B, 1): each sample's newest token."""
+        self.seen.scatter_(1, ids, 1.0)
+        self.generated.scatter_add_(1, ids, self.ones)
+
+    def apply(self, logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+        logits = apply_repetition_penalty(logits, self.seen, settings.repetition_penalty)
+        return apply_presence_frequency_penalties(
+            logits, self.generated, settings.presence_penalty, settings.frequency_penalty
+        )
+
+
+class StaticDecodeStep:
+    """One-token steps in the static cache layout: on CUDA captured once as a CUDA graph and
+    replayed, which removes the launch cost of the few hundred small kernels of a step; run
+    eagerly otherwise (how the tests check this path on a CPU)."""
+
+    def __init__(self, model: GPT, cache: KVCache, batch: int, capture: bool) -> None:
+        self.model, self.cache = model, cache
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=cache.k.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits = torch.empty(0)
+        if capture:
+            self.capture()
+
+    def run(self) -> torch.Tensor:
+        self.cache.static = True
+        try:
+            logits, _ = self.model(self.tokens, cache=self.cache, last_only=True)
+        finally:
+            self.cache.static = False
+        return logits[:, -1].float()
+
+    def capture(self) -> None:
+        # Warm-up steps only write the slot that the first real step writes again.
+        self.cache.index.fill_(self.cache.pos)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.run()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.run()
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1) -> float32 logits (B, V); the result is overwritten by the next call."""
+        if self.cache.pos >= self.cache.max_len:
+            raise GptError("the static cache is full: prefill a shorter window first")
+        self.tokens.copy_(tokens)
+        self.cache.index.fill_(self.cache.pos)
+        if self.graph is None:
+            logits = self.run()
+        else:
+            self.graph.replay()
+            logits = self.logits
+        self.cache.pos += 1
+        return logits
+
+
+def last_logits(model: GPT, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """ids (B, T) after the cached tokens -> float32 logits of the last position (B, V)."""
+    logits, _ = model(ids, cache=cache, last_only=True)
+    return logits[:, -1].float()
+
+
 @torch.inference_mode()
+def generate_batch(
+    model: GPT,
+    prompt: list[int],
+    max_new_tokens: int,
+    settings: SamplingSettings,
+    generators: Sequence[torch.Generator] | None = None,
+    stop_ids: frozenset[int] = frozenset(),
+    stats: GenerationStats | None = None,
+    static: bool = False,
+    done: list[bool] | None = None,
+) -> Iterator[list[int | None]]:
+    """Yields, step by step, each sample's next token id, or None once it has ended (a stop id
+    ends a sample and is not yielded). Stops when every sample has ended or after
+    `max_new_tokens` steps. The caller may end samples too (say, at a stop string) by setting
+    their entries of `done`, a list of one flag per sample.
+
+    One sample per generator (one sample when there are none); the prompt is prefilled once for
+    all of them. The prompt is cut to its newest `block_size` tokens. Past the context, a rotary
+    model slides its window token by token (its cache is a ring); a model with learned
+    positions, or a static cache, prefills the newest half-context again.
+
+    `static` runs the one-token steps in the static cache layout, captured once and replayed
+    as a CUDA graph on CUDA (`--cuda-graphs`), eagerly elsewhere.
+    """
+    stats = stats if stats is not None else GenerationStats()
+    samples = len(generators) if generators else 1
+    device = next(model.parameters()).device
+    context = model.config.block_size
+    window = list(prompt)[-context:]
+    if not window:
+        raise GptError("generation needs at least one prompt token")
+    stats.prompt_tokens = len(window)
+    history = [list(window) for _ in range(samples)]  # for the windows prefilled again
+    counts = None
+    if settings.penalized:
+        counts = TokenCounts(window, samples, model.config.vocab_size, device)
+    cache = model.new_cache(samples, context)
+    slides = model.rotary and not static
+
+    start = time.perf_counter()
+    logits = last_logits(model, torch.tensor([window], device=device), cache)
+    logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample
+    step = None
+    if static:
+        step = StaticDecodeStep(model, cache, samples, capture=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    stats.prefill_seconds = time.perf_counter() - start
+
+    done = done if done is not None else [False] * samples
+    busy = 0.0
+    for index in range(max_new_tokens):
+        tick = time.perf_counter()
+        if counts is not None:
+            logits = counts.apply(logits, settings)
+        next_ids = sample_next_token(logits, settings, generators)  # (samples, 1)
+        out: list[int | None] = []
+        for row, token in enumerate(next_ids.view(-1).tolist()):
+            if done[row] or token in stop_ids:
+                done[row] = True
+                out.append(None)
+                continue
+            out.append(token)
+            history[row].append(token)
+            stats.generated_tokens += 1
+            stats.decode_tokens += int(index > 0)
+        busy += time.perf_counter() - tick
+        stats.decode_seconds = busy
+        yield out
+        if all(done) or index == max_new_tokens - 1:
+            break
+        tick = time.perf_counter()
+        if counts is not None:
+            counts.add(next_ids)
+        if cache.pos >= context and not slides:  # full: prefill the newest half again
+            cache.reset()
+            keep = max(1, context // 2)
+            recent = torch.tensor([h[-keep:] for h in history], device=device)
+            logits = last_logits(model, recent, cache)
+        elif step is not None:
+            logits = step(next_ids)
+        else:
+            logits = last_logits(model, next_ids, cache)
+        busy += time.perf_counter() - tick
+
+
 def generate_tokens(
     model: GPT,
     prompt: list[int],
@@ -54,53 +289,19 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     stop_ids: frozenset[int] = frozenset(),
     stats: GenerationStats | None = None,
+    static: bool = False,
 ) -> Iterator[int]:
-    """Yields new token ids one by one (a stop id ends generation and is not yielded).
-
-    When the context fills up, the newest half is kept and prefilled again, so generation can
-    run past the model's context length.
-    """
-    stats = stats if stats is not None else GenerationStats()
-    device = next(model.parameters()).device
-    context = model.config.block_size
-    tokens = list(prompt)[-(context - 1) :] if context > 1 else list(prompt)[-1:]
-    stats.prompt_tokens = len(tokens)
-    history = torch.tensor([tokens], dtype=torch.long, device=device)
-    cache = model.new_cache(1, context)
-
-    start = time.perf_counter()
-    logits, _ = model(history, cache=cache, last_only=True)
-    stats.prefill_seconds = time.perf_counter() - start
-    decode = 0.0
-    for step in range(max_new_tokens):
-        tick = time.perf_counter()
-        step_logits = apply_repetition_penalty(
-            logits[:, -1, :], history, settings.repetition_penalty
-        )
-        next_id = sample_next_token(step_logits, settings, generator)
-        token = int(next_id.item())
-        decode += time.perf_counter() - tick
-        if token in stop_ids:
-            break
-        stats.new_tokens += 1
-        stats.decode_seconds = decode
-        yield token
-        if step == max_new_tokens - 1:
-            break
-        tick = time.perf_counter()
-        if settings.repetition_penalty != 1.0:
-            history = torch.cat([history, next_id], dim=1)[:, -context:]
-        tokens.append(token)
-        if cache.pos >= context:  # full: keep the newest half and prefill it again
-            tokens = tokens[-(context // 2 or 1) :]
-            cache.reset()
-            logits, _ = model(torch.tensor([tokens], device=device), cache=cache, last_only=True)
-        else:
-            logits, _ = model(next_id, cache=cache, last_only=True)
-        decode += time.perf_counter() - tick
-    stats.decode_seconds = decode
+    """One sample's new token ids, one by one (see `generate_batch`)."""
+    generators = [generator] if generator is not None else None
+    for tokens in generate_batch(
+        model, prompt, max_new_tokens, settings, generators, stop_ids, stats, static
+    ):
+        if tokens[0] is None:
+            return
+        yield tokens[0]
 
 
+# -- text -----------------------------------------------------------------------------------
 def split_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, bool]:
     """(text safe to emit, text held back, whether a stop string was found)."""
     if not stops:

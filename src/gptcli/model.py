@@ -18,10 +18,22 @@ from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 
 FORMAT_VERSION = "1"
+# x86 builds of torch batch GEMMs through MKL, which `matvec` relies on for float32.
+MKL_BATCHED = torch.backends.mkl.is_available()
 
 
 class KVCache:
-    """Preallocated keys and values for every layer, written in place as tokens arrive."""
+    """Preallocated keys and values for every layer, written in place as tokens arrive.
+
+    `pos` counts the tokens seen so far. Once `max_len` are stored, each new token overwrites
+    the oldest slot (a ring): one query's attention over a set of keys does not depend on their
+    order, and rotary keys carry their own positions, so a rotary model slides its window this
+    way at no cost. Chunks of several tokens must fit before the end of the ring.
+
+    `static` is the layout CUDA graphs need: the slot to write lives in the tensor `index`,
+    set by the caller before each one-token step, and attention spans the whole cache under a
+    mask, so every step runs the same kernels on the same buffers.
+    """
 
     def __init__(
         self,
@@ -30,19 +42,39 @@ class KVCache:
         max_len: int,
         device: torch.device,
         dtype: torch.dtype,
+        static: bool = False,
     ) -> None:
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
-        self.pos = 0  # tokens already stored
+        self.pos = 0  # tokens seen (in static mode: kept by the caller)
+        self.static = static
+        self.index = torch.zeros((), dtype=torch.long, device=device)  # static mode's slot
+        self.slots = torch.arange(max_len, device=device)
+        self.mask: torch.Tensor | None = None  # static mode: the slots this step attends to
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Stores k, v (B, H, T, D) at the current position; returns all keys/values so far."""
-        end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Stores k, v (B, H, T, D) at the current position; returns the keys/values to attend to.
+
+        A batch of one is written to every row, so one prefill serves a batch of samples.
+        """
+        if self.static:
+            self.k[layer].index_copy_(2, self.index.view(1), k.expand_as(self.k[layer, :, :, :1]))
+            self.v[layer].index_copy_(2, self.index.view(1), v.expand_as(self.v[layer, :, :, :1]))
+            return self.k[layer], self.v[layer]
+        T = k.size(2)
+        start = self.pos % self.max_len
+        if T > 1 and self.pos + T > self.max_len:
+            raise GptError(f"a chunk of {T} tokens does not fit in the cache of {self.max_len}")
+        self.k[layer, :, :, start : start + T] = k
+        self.v[layer, :, :, start : start + T] = v
+        end = min(self.pos + T, self.max_len)
+        return self.k[layer, : k.size(0), :, :end], self.v[layer, : v.size(0), :, :end]
+
+    def static_mask(self) -> torch.Tensor:
+        """(1, 1, 1, max_len): True for the slots a static step attends to (up to `index`)."""
+        return (self.slots <= self.index).view(1, 1, 1, -1)
 
     def reset(self) -> None:
         self.pos = 0
@@ -65,17 +97,66 @@ def rotary_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos(), angles.sin()  # (block_size, head_size/2) each
 
 
+def rotary_at(config: ModelConfig, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin for positions past the table (a sliding window), in float64 for large angles."""
+    half = config.head_size // 2
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(half, dtype=torch.float64) / half))
+    angles = torch.outer(torch.arange(start, start + length, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)  # x: (B, H, T, D); cos/sin: (T, D/2)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def decode_rows(rows: int) -> int:
+    """How many equal blocks `matvec` splits a matrix of this many rows into (0: none fits)."""
+    return next((d for d in range(8, 65) if rows % d == 0), 0)
+
+
+def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) holding one row, times weight (N, K) -> (..., N), at the speed of reading W.
+
+    Decoding one token reads every weight for a single multiply-add, so its speed is that of
+    memory. float32: MKL reads a matrix about twice as fast through a batched GEMM over blocks of
+    rows as through its GEMV, and spreads the blocks over threads. bfloat16: ATen's own GEMV
+    (float32 sums) reads about three times as fast as oneDNN's for a single row.
+    """
+    n, k = weight.shape
+    blocks = decode_rows(n)
+    if weight.dtype == torch.float32 and blocks and weight.is_contiguous() and MKL_BATCHED:
+        column = x.reshape(1, k, 1).expand(blocks, k, 1)
+        w = weight.view(blocks, n // blocks, k)
+        if bias is None:
+            y = torch.bmm(w, column)
+        else:
+            y = torch.baddbmm(bias.view(blocks, n // blocks, 1), w, column)
+        return y.view(*x.shape[:-1], n)
+    if weight.dtype == torch.bfloat16 and torch._C._get_mkldnn_enabled():
+        torch._C._set_mkldnn_enabled(False)
+        try:
+            return F.linear(x, weight, bias)
+        finally:
+            torch._C._set_mkldnn_enabled(True)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, with `matvec` for a single row at inference on the CPU (decoding one token)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == self.in_features and x.device.type == "cpu" and not torch.is_grad_enabled():
+            return matvec(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         bias = config.family == "gpt2"
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=bias)
         self.n_head = config.n_head
         self.layer = layer
         self.dropout = config.dropout
@@ -100,10 +181,13 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         past = 0
-        if cache is not None:
+        mask = None
+        if cache is not None and cache.static:  # one token over the whole cache, masked
+            k, v = cache.update(self.layer, k, v)
+            mask = cache.mask
+        elif cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
-        mask = None
         if past and T > 1:  # a chunk after cached tokens: query i sees keys up to past + i
             rows = torch.arange(T, device=x.device).unsqueeze(1) + past
             mask = torch.arange(past + T, device=x.device).unsqueeze(0) <= rows
@@ -123,8 +207,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         bias = config.family == "gpt2"
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=bias)
         self.gpt2 = config.family == "gpt2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +251,7 @@ class GPT(nn.Module):
         )
         if config.family == "gpt2":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.tied = config.family == "gpt2"
         if self.tied:
             self.lm_head.weight = self.transformer["wte"].weight
@@ -226,26 +310,60 @@ class GPT(nn.Module):
         return logits, lm_loss(logits, targets) if targets is not None else None
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) -> final hidden states (B, T, C), after the last norm."""
+        """idx (B, T) -> final hidden states (B, T, C), after the last norm.
+
+        With a cache, idx continues the tokens already in it; a rotary model may go on past
+        its context (the cache is a sliding window), a model with learned positions may not.
+        """
         _B, T = idx.shape
+        if cache is not None and cache.static:
+            return self._hidden_static(idx, cache)
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise GptError(
-                f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}"
-            )
+        limit = (
+            self.config.block_size if cache is None else min(self.config.block_size, cache.max_len)
+        )
+        if start + T > limit and not (cache is not None and self.rotary and T == 1):
+            raise GptError(f"sequence of {start + T} tokens exceeds the context of {limit}")
         x = self.transformer["wte"](idx)  # (B, T, C)
         rope = None
         if self.tied:
-            pos = torch.arange(start, start + T, device=idx.device)
-            x = x + self.transformer["wpe"](pos)
-        else:
+            x = x + self.transformer["wpe"].weight[start : start + T]
+        elif start + T <= self.config.block_size:
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+        else:
+            rope = tuple(t.to(idx.device) for t in rotary_at(self.config, start, T))
         x = self.transformer["drop"](x)
         for block in self.transformer["h"]:
             x = block(x, rope, cache)
         if cache is not None:
             cache.pos += T
         return self.transformer["ln_f"](x)
+
+    def _hidden_static(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per row at position `cache.index` (a tensor), with no host-side state."""
+        if idx.size(1) != 1:
+            raise GptError("a static cache takes one token at a time")
+        at = cache.index.view(1)
+        x = self.transformer["wte"](idx)  # (B, 1, C)
+        rope = None
+        if self.tied:
+            x = x + self.transformer["wpe"].weight.index_select(0, at)
+        else:
+            rope = (self.rope_cos.index_select(0, at), self.rope_sin.index_select(0, at))
+        cache.mask = cache.static_mask()
+        for block in self.transformer["h"]:
+            x = block(x, rope, cache)
+        return self.transformer["ln_f"](x)
+
+    @property
+    def rotary(self) -> bool:
+        """Whether positions are rotary (the cache can slide) rather than learned."""
+        return not self.tied
+
+    def cast_weights(self, dtype: torch.dtype) -> None:
+        """Casts the parameters, in place, for inference; the rotary tables stay float32."""
+        for p in self.parameters():
+            p.data = p.data.to(dtype)
 
     def grow_vocab(self, vocab_size: int) -> None:
         """Adds rows to the embedding and head, initialised to the mean of the existing ones."""
@@ -260,21 +378,22 @@ class GPT(nn.Module):
             grown.weight[old:] = wte.weight.mean(0, keepdim=True).expand(extra, -1)
         self.transformer["wte"] = grown
         if self.tied:
-            self.lm_head = nn.Linear(self.config.n_embd, vocab_size, bias=False)
+            self.lm_head = Linear(self.config.n_embd, vocab_size, bias=False)
             self.lm_head.weight = grown.weight
         else:
-            head = nn.Linear(self.config.n_embd, vocab_size, bias=False).to(self.lm_head.weight)
+            head = Linear(self.config.n_embd, vocab_size, bias=False).to(self.lm_head.weight)
             with torch.no_grad():
                 head.weight[:old] = self.lm_head.weight
                 head.weight[old:] = self.lm_head.weight.mean(0, keepdim=True).expand(extra, -1)
             self.lm_head = head
         self.config.vocab_size = vocab_size
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, static: bool = False
+    ) -> KVCache:
         p = next(self.parameters())
-        return KVCache(
-            self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype
-        )
+        size = max_len or self.config.block_size
+        return KVCache(self.config, batch_size, size, p.device, p.dtype, static=static)
 
     # -- weights on disk ------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

@@ -17,13 +17,18 @@ import typer
 from gptcli.cli.console import err, info, out, print_json
 from gptcli.cli.generate import (
     DeviceOption,
+    DtypeOption,
+    FrequencyPenaltyOption,
     MinPOption,
     ModelOption,
+    PresencePenaltyOption,
     RepetitionPenaltyOption,
     SeedOption,
     TemperatureOption,
+    ThreadsOption,
     TopKOption,
     TopPOption,
+    load_for_inference,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +56,14 @@ def chat(
     temperature: TemperatureOption = 0.8,
     top_k: TopKOption = None,
     top_p: TopPOption = None,
-    min_p: MinPOption = None,
+    min_p: MinPOption = 0.05,
     repetition_penalty: RepetitionPenaltyOption = 1.0,
+    presence_penalty: PresencePenaltyOption = 0.0,
+    frequency_penalty: FrequencyPenaltyOption = 0.0,
     seed: SeedOption = None,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
     stats: Annotated[
         bool, typer.Option("--stats", help="Prompt and generation tokens/s on stderr.")
     ] = False,
@@ -63,14 +72,19 @@ def chat(
     ] = False,
 ) -> None:
     from gptcli.chat import ChatSession, ChatSettings, load_template
-    from gptcli.checkpoint import load_model
     from gptcli.sample import SamplingSettings
-    from gptcli.store import ModelStore
-    from gptcli.train import pick_device
 
-    sampling = SamplingSettings(temperature, top_k, top_p, min_p, repetition_penalty)
+    sampling = SamplingSettings(
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        presence_penalty,
+        frequency_penalty,
+    )
     settings = ChatSettings(sampling, max_tokens, seed, stats)
-    loaded = load_model(ModelStore().resolve(model), pick_device(device))
+    loaded = load_for_inference(model, device, dtype, threads)
     template = load_template(loaded.path, loaded.tokenizer)
     session = ChatSession(loaded.model, loaded.tokenizer, template, settings, system)
     if sys.stdin.isatty() and not json_out:

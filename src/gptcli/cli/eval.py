@@ -174,6 +174,13 @@ def evaluate(
         typer.Option(help="Sliding-window step in tokens, 1 to the context (default: half)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Weights: float32, bfloat16, or auto as gpt generate picks them (to measure "
+            "what lower precision costs)."
+        ),
+    ] = "float32",
     json_out: Annotated[
         bool, typer.Option("--json", help="One JSON object per model on stdout.")
     ] = False,
@@ -192,6 +199,7 @@ def evaluate(
         scored_bytes,
     )
     from gptcli.finetune import read_labelled
+    from gptcli.generate import inference_dtype, prepare_for_inference
     from gptcli.store import ModelStore
     from gptcli.train import pick_device
 
@@ -219,11 +227,13 @@ def evaluate(
         files = find_text_files(data) if data else []
         texts = [(f.name, read_text(f)) for f in files]
     dev = pick_device(device)
+    weights = inference_dtype(dtype, dev)
 
     rows = []
     with EvalProgress(quiet) as progress:
         for model_dir in model_dirs:
             loaded = load_model(model_dir, dev)
+            prepare_for_inference(loaded.model, weights)
             name = loaded.name
             if task is Task.choice:
                 result: dict[str, Any] = score_choices(

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gptcli.cli.console import info, print_json
 from gptcli.cli.options import ModelOption
+
+if TYPE_CHECKING:
+    from gptcli.checkpoint import LoadedModel
+    from gptcli.sample import SamplingSettings
 
 HELP = """Continue a prompt with a model (the default one unless -m).
 
@@ -19,7 +23,7 @@ Example: gpt generate "Once upon a time" -n 200 --temperature 0.8
 """
 
 
-# Sampling flags, shared with `gpt chat`.
+# Sampling and inference flags, shared with `gpt chat`.
 TemperatureOption = Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy.")]
 TopKOption = Annotated[int | None, typer.Option(help="Sample from the k most likely tokens.")]
 TopPOption = Annotated[
@@ -28,11 +32,38 @@ TopPOption = Annotated[
 ]
 MinPOption = Annotated[
     float | None,
-    typer.Option(help="Drop tokens below this fraction of the top token's probability."),
+    typer.Option(help="Drop tokens below this fraction of the top token's probability; 0 = off."),
 ]
-RepetitionPenaltyOption = Annotated[float, typer.Option(help="Penalty > 1 discourages repeats.")]
+RepetitionPenaltyOption = Annotated[
+    float, typer.Option(help="Above 1 discourages tokens already in the prompt or the text.")
+]
+PresencePenaltyOption = Annotated[
+    float, typer.Option(help="Subtracted once from each generated token's logit, in [-2, 2].")
+]
+FrequencyPenaltyOption = Annotated[
+    float,
+    typer.Option(help="Subtracted per occurrence from a generated token's logit, in [-2, 2]."),
+]
 SeedOption = Annotated[int | None, typer.Option(help="Random seed: same seed, same text.")]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        help="Weights: auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32), "
+        "float32 or bfloat16."
+    ),
+]
+ThreadsOption = Annotated[
+    int | None, typer.Option(help="CPU threads (default: one per core).", min=1)
+]
+CudaGraphsOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="Replay each decode step as a CUDA graph (default: on with CUDA).",
+        show_default=False,
+    ),
+]
 
 
 def read_prompt(prompt: str | None) -> str:
@@ -50,6 +81,24 @@ def read_prompt(prompt: str | None) -> str:
         raise GptError("the prompt on stdin is not UTF-8 text") from None
 
 
+def load_for_inference(
+    model: str | None, device: str, dtype: str, threads: int | None
+) -> LoadedModel:
+    """The model, on its device, in eval mode, with weights in the chosen dtype."""
+    import torch
+
+    from gptcli.checkpoint import load_model
+    from gptcli.generate import default_threads, inference_dtype, prepare_for_inference
+    from gptcli.store import ModelStore
+    from gptcli.train import pick_device
+
+    torch.set_num_threads(threads or default_threads())
+    where = pick_device(device)
+    loaded = load_model(ModelStore().resolve(model), where)
+    prepare_for_inference(loaded.model, inference_dtype(dtype, where))
+    return loaded
+
+
 def generate(
     prompt: Annotated[
         str | None, typer.Argument(help="Text to continue ('-' or omitted: stdin).")
@@ -61,19 +110,30 @@ def generate(
     temperature: TemperatureOption = 0.8,
     top_k: TopKOption = None,
     top_p: TopPOption = None,
-    min_p: MinPOption = None,
+    min_p: MinPOption = 0.05,
     repetition_penalty: RepetitionPenaltyOption = 1.0,
+    presence_penalty: PresencePenaltyOption = 0.0,
+    frequency_penalty: FrequencyPenaltyOption = 0.0,
     seed: SeedOption = None,
-    num_samples: Annotated[int, typer.Option(help="Number of continuations.")] = 1,
-    stop: Annotated[list[str] | None, typer.Option(help="Stop at this text (repeatable).")] = None,
+    num_samples: Annotated[
+        int, typer.Option(help="Number of continuations, generated as one batch.")
+    ] = 1,
+    stop: Annotated[
+        list[str] | None, typer.Option(help="Stop before this text, never printed (repeatable).")
+    ] = None,
     ignore_eos: Annotated[
         bool, typer.Option("--ignore-eos", help="Do not stop at end-of-text.")
     ] = False,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
+    cuda_graphs: CudaGraphsOption = None,
     stream: Annotated[
         bool, typer.Option("--stream/--no-stream", help="Print text as it comes.")
     ] = True,
-    stats: Annotated[bool, typer.Option("--stats", help="Timings on stderr.")] = False,
+    stats: Annotated[
+        bool, typer.Option("--stats", help="Token counts and prefill/decode speed on stderr.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     from gptcli.errors import GptError
@@ -85,6 +145,8 @@ def generate(
         top_p=top_p,
         min_p=min_p,
         repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
     )
     if max_new_tokens < 0:
         raise GptError("--max-new-tokens must be 0 or more")
@@ -92,57 +154,121 @@ def generate(
         raise GptError("--num-samples must be at least 1")
     text = read_prompt(prompt)
 
-    import torch
+    from gptcli.generate import use_cuda_graphs
 
-    from gptcli.checkpoint import load_model
-    from gptcli.generate import GenerationStats, TextStream, generate_tokens
-    from gptcli.store import ModelStore
-    from gptcli.train import pick_device
-
-    loaded = load_model(ModelStore().resolve(model), pick_device(device))
+    loaded = load_for_inference(model, device, dtype, threads)
     tok = loaded.tokenizer
     ids = tok.encode(text)
     if not ids:
         if tok.eot_id is None:
             raise GptError("empty prompt, and the tokenizer has no end-of-text token to start from")
         ids = [tok.eot_id]
-    stop_ids = frozenset() if ignore_eos or tok.eot_id is None else frozenset({tok.eot_id})
-    stops = stop or []
-    live = stream and not json_out
-    base_seed = seed if seed is not None else random.randrange(2**62)
-    results = []
-    for index in range(num_samples):
-        generator = torch.Generator(device=next(loaded.model.parameters()).device)
-        generator.manual_seed(base_seed + index)
-        run = GenerationStats()
-        stream_text = TextStream(tok, stops)
-        pieces: list[str] = []
-        if live:
-            if index:
-                sys.stdout.write("\n\n")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        for token in generate_tokens(
-            loaded.model, ids, max_new_tokens, settings, generator, stop_ids, run
-        ):
-            pieces.append(stream_text.push(token))
-            if live and pieces[-1]:
-                sys.stdout.write(pieces[-1])
-                sys.stdout.flush()
-            if stream_text.stopped:
-                break
-        pieces.append(stream_text.flush())
-        if live and pieces[-1]:
-            sys.stdout.write(pieces[-1])
-        completion = "".join(pieces)
-        if live:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        elif not json_out:
-            sys.stdout.write(("\n\n" if index else "") + text + completion + "\n")
-        results.append({"text": completion} | run.to_dict())
-        if stats:
-            info(run.summary())
+    context = loaded.model.config.block_size
+    if len(ids) > context:
+        info(
+            f"warning: the prompt has {len(ids)} tokens, more than the model's context of "
+            f"{context}: only the newest {context} are used"
+        )
+    graphs = use_cuda_graphs(cuda_graphs, next(loaded.model.parameters()).device)
+    run = Run(
+        loaded,
+        ids,
+        max_new_tokens,
+        settings,
+        num_samples,
+        seed if seed is not None else random.randrange(2**62),
+        stop_ids=frozenset() if ignore_eos or tok.eot_id is None else frozenset({tok.eot_id}),
+        stops=stop or [],
+        cuda_graphs=graphs,
+    )
+    live = stream and not json_out and num_samples == 1
+    if live:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    completions = run.texts(live)
+    if live:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    elif not json_out:
+        sys.stdout.write("\n\n".join(text + c for c in completions) + "\n")
+        sys.stdout.flush()
+    if stats:
+        info(run.stats.summary())
     if json_out:
-        base = {"model": loaded.name, "prompt": text}
-        print_json(base | results[0] if num_samples == 1 else base | {"samples": results})
+        base: dict[str, Any] = {"model": loaded.name, "prompt": text}
+        if num_samples == 1:
+            print_json(base | {"text": completions[0]} | run.stats.to_dict())
+        else:
+            samples = [
+                {"text": c, "generated_tokens": n}
+                for c, n in zip(completions, run.sample_tokens, strict=True)
+            ]
+            print_json(base | {"samples": samples} | run.stats.to_dict())
+
+
+class Run:
+    """One `gpt generate`: a batch of samples from one prompt, turned into text as it comes."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        ids: list[int],
+        max_new_tokens: int,
+        settings: SamplingSettings,
+        num_samples: int,
+        seed: int,
+        stop_ids: frozenset[int],
+        stops: list[str],
+        cuda_graphs: bool,
+    ) -> None:
+        import torch
+
+        from gptcli.generate import GenerationStats
+
+        self.loaded, self.ids, self.max_new_tokens = loaded, ids, max_new_tokens
+        self.settings, self.stop_ids, self.stops = settings, stop_ids, stops
+        self.cuda_graphs = cuda_graphs
+        device = next(loaded.model.parameters()).device
+        # sample i draws from its own generator, seeded seed + i: the same text as alone
+        self.generators = [torch.Generator(device=device) for _ in range(num_samples)]
+        for i, generator in enumerate(self.generators):
+            generator.manual_seed(seed + i)
+        self.stats = GenerationStats()
+        self.sample_tokens = [0] * num_samples
+
+    def texts(self, live: bool) -> list[str]:
+        """Each sample's completion; with `live`, the single sample is written as it comes."""
+        from gptcli.generate import TextStream, generate_batch
+
+        streams = [TextStream(self.loaded.tokenizer, self.stops) for _ in self.generators]
+        pieces: list[list[str]] = [[] for _ in self.generators]
+        done = [False] * len(streams)  # shared with generate_batch: set at a stop string
+        steps = generate_batch(
+            self.loaded.model,
+            self.ids,
+            self.max_new_tokens,
+            self.settings,
+            self.generators,
+            self.stop_ids,
+            self.stats,
+            self.cuda_graphs,
+            done,
+        )
+        for tokens in steps:
+            for row, token in enumerate(tokens):
+                if token is None:
+                    continue
+                self.sample_tokens[row] += 1
+                piece = streams[row].push(token)
+                done[row] = streams[row].stopped
+                if piece:
+                    pieces[row].append(piece)
+                    if live:
+                        sys.stdout.write(piece)
+                        sys.stdout.flush()
+        for row, stream in enumerate(streams):
+            rest = stream.flush()
+            pieces[row].append(rest)
+            if live and rest:
+                sys.stdout.write(rest)
+        return ["".join(p) for p in pieces]
