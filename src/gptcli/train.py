@@ -776,6 +776,7 @@ def run_and_store(
     """
     try:
         train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist)
+        dist.barrier()  # every rank waits for rank 0's last checkpoint before the group closes
     except BaseException as exc:
         if discard is not None:
             discard_unsaved(discard)
