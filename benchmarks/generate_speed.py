@@ -4,7 +4,7 @@ A 124M GPT-2-shaped model (12 layers x 768, vocab 50257, context 1024) gets rand
 a fixed seed in `transformers` and is saved with `save_pretrained`; ours loads that directory
 through gptcli.hf, as `gpt generate -m DIR` does, so both sides run the same weights. Batch 1,
 greedy, a 32-token prompt, 128 new tokens, end-of-text ignored. In each run, back to back in this
-one process and with the thread settings `gpt generate` makes (one thread per core, OpenMP
+one process and with the thread settings `gpt generate` makes (torch's thread count, OpenMP
 threads that sleep while they wait; see `sleeping_omp_threads`):
 
 - `transformers`: `GPT2LMHeadModel.generate`, float32, its default attention (SDPA);
@@ -45,7 +45,6 @@ import torch  # noqa: E402
 from gptcli.checkpoint import load_model  # noqa: E402
 from gptcli.generate import (  # noqa: E402
     GenerationStats,
-    default_threads,
     generate_tokens,
     inference_dtype,
     prepare_for_inference,
@@ -181,7 +180,6 @@ def main() -> None:
     parser.add_argument("--stream-tokens", type=int, default=1000)
     args = parser.parse_args()
 
-    torch.set_num_threads(default_threads())  # what gpt generate does
     n, p = args.new_tokens, args.prompt_tokens
     prompt = torch.randint(0, 50256, (p,), generator=torch.Generator().manual_seed(1)).tolist()
     with tempfile.TemporaryDirectory() as tmp:

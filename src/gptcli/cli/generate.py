@@ -62,7 +62,7 @@ DtypeOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[
-    int | None, typer.Option(help="CPU threads (default: one per core).", min=1)
+    int | None, typer.Option(help="CPU threads (default: one per physical core).", min=1)
 ]
 CudaGraphsOption = Annotated[
     bool | None,
@@ -107,11 +107,12 @@ def load_for_inference(
     import torch
 
     from gptcli.checkpoint import load_model
-    from gptcli.generate import default_threads, inference_dtype, prepare_for_inference
+    from gptcli.generate import inference_dtype, prepare_for_inference
     from gptcli.store import ModelStore
     from gptcli.train import pick_device
 
-    torch.set_num_threads(threads or default_threads())
+    if threads is not None:  # else torch's default: one per physical core
+        torch.set_num_threads(threads)
     where = pick_device(device)
     loaded = load_model(ModelStore().resolve(model), where)
     prepare_for_inference(loaded.model, inference_dtype(dtype, where))
