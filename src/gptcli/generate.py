@@ -1,6 +1,6 @@
 """Prompt -> tokens through the KV cache: prefill once, then one token per step, for one sample or
-a batch of them; stop strings and UTF-8-safe text streaming; the inference settings (weight dtype,
-CPU threads, CUDA graphs).
+a batch of them; stop strings and UTF-8-safe text streaming; the inference settings (weight
+dtype, CUDA graphs).
 """
 
 from __future__ import annotations

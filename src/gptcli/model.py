@@ -30,9 +30,10 @@ class KVCache:
     order, and rotary keys carry their own positions, so a rotary model slides its window this
     way at no cost. Chunks of several tokens must fit before the end of the ring.
 
-    `static` is the layout CUDA graphs need: the slot to write lives in the tensor `index`,
-    set by the caller before each one-token step, and attention spans the whole cache under a
-    mask, so every step runs the same kernels on the same buffers.
+    While `static` is set (by `gptcli.generate.StaticDecodeStep`), one-token steps use the
+    layout CUDA graphs need: the slot to write lives in the tensor `index`, set by the caller
+    before each step, and attention spans the whole cache under a mask, so every step runs the
+    same kernels on the same buffers.
     """
 
     def __init__(
@@ -42,14 +43,13 @@ class KVCache:
         max_len: int,
         device: torch.device,
         dtype: torch.dtype,
-        static: bool = False,
     ) -> None:
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # tokens seen (in static mode: kept by the caller)
-        self.static = static
+        self.static = False
         self.index = torch.zeros((), dtype=torch.long, device=device)  # static mode's slot
         self.slots = torch.arange(max_len, device=device)
         self.mask: torch.Tensor | None = None  # static mode: the slots this step attends to
@@ -112,7 +112,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def decode_rows(rows: int) -> int:
+def row_blocks(rows: int) -> int:
     """How many equal blocks `matvec` splits a matrix of this many rows into (0: none fits)."""
     return next((d for d in range(8, 65) if rows % d == 0), 0)
 
@@ -123,10 +123,10 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     Decoding one token reads every weight for a single multiply-add, so its speed is that of
     memory. float32: MKL reads a matrix about twice as fast through a batched GEMM over blocks of
     rows as through its GEMV, and spreads the blocks over threads. bfloat16: ATen's own GEMV
-    (float32 sums) reads about three times as fast as oneDNN's for a single row.
+    (float32 sums) reads about 25 GB/s per thread here, oneDNN's one-row matmul about 15.
     """
     n, k = weight.shape
-    blocks = decode_rows(n)
+    blocks = row_blocks(n)
     if weight.dtype == torch.float32 and blocks and weight.is_contiguous() and MKL_BATCHED:
         # (blocks, K, 1) with strides (0, 1, K): as a column of a K-row matrix MKL takes it
         # as is, while strides (0, 1, 1) send it down a path about six times slower
@@ -394,16 +394,14 @@ class GPT(nn.Module):
             self.lm_head = head
         self.config.vocab_size = vocab_size
 
-    def new_cache(
-        self, batch_size: int, max_len: int | None = None, static: bool = False
-    ) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """A cache in the weights' dtype, except on the CPU: there it is float32, where
         attention of one query runs several times faster than in bfloat16 (and scores stay
         exact), for a cache far smaller than the weights read each step."""
         p = next(self.parameters())
         size = max_len or self.config.block_size
         dtype = torch.float32 if p.device.type == "cpu" else p.dtype
-        return KVCache(self.config, batch_size, size, p.device, dtype, static=static)
+        return KVCache(self.config, batch_size, size, p.device, dtype)
 
     # -- weights on disk ------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
