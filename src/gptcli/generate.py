@@ -1,11 +1,10 @@
 """Prompt -> tokens through the KV cache: prefill once, then one token per step, for one sample or
-a batch of them; stop strings and UTF-8-safe text streaming; the inference settings (weight dtype,
-CPU threads, CUDA graphs).
+a batch of them; stop strings and UTF-8-safe text streaming; the inference settings (weight
+dtype, CUDA graphs).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,14 +61,6 @@ def use_cuda_graphs(choice: bool | None, device: torch.device) -> bool:
     if choice and device.type != "cuda":
         raise GptError("--cuda-graphs needs a CUDA device")
     return choice
-
-
-def default_threads() -> int:
-    """CPU threads for generation: one per core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # -- statistics -----------------------------------------------------------------------------

@@ -30,9 +30,10 @@ class KVCache:
     order, and rotary keys carry their own positions, so a rotary model slides its window this
     way at no cost. Chunks of several tokens must fit before the end of the ring.
 
-    `static` is the layout CUDA graphs need: the slot to write lives in the tensor `index`,
-    set by the caller before each one-token step, and attention spans the whole cache under a
-    mask, so every step runs the same kernels on the same buffers.
+    While `static` is set (by `gptcli.generate.StaticDecodeStep`), one-token steps use the
+    layout CUDA graphs need: the slot to write lives in the tensor `index`, set by the caller
+    before each step, and attention spans the whole cache under a mask, so every step runs the
+    same kernels on the same buffers.
     """
 
     def __init__(
@@ -42,14 +43,13 @@ class KVCache:
         max_len: int,
         device: torch.device,
         dtype: torch.dtype,
-        static: bool = False,
     ) -> None:
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # tokens seen (in static mode: kept by the caller)
-        self.static = static
+        self.static = False
         self.index = torch.zeros((), dtype=torch.long, device=device)  # static mode's slot
         self.slots = torch.arange(max_len, device=device)
         self.mask: torch.Tensor | None = None  # static mode: the slots this step attends to
@@ -60,8 +60,10 @@ class KVCache:
         A batch of one is written to every row, so one prefill serves a batch of samples.
         """
         if self.static:
-            self.k[layer].index_copy_(2, self.index.view(1), k.expand_as(self.k[layer, :, :, :1]))
-            self.v[layer].index_copy_(2, self.index.view(1), v.expand_as(self.v[layer, :, :, :1]))
+            k = k.to(self.k.dtype).expand_as(self.k[layer, :, :, :1])
+            v = v.to(self.v.dtype).expand_as(self.v[layer, :, :, :1])
+            self.k[layer].index_copy_(2, self.index.view(1), k)
+            self.v[layer].index_copy_(2, self.index.view(1), v)
             return self.k[layer], self.v[layer]
         T = k.size(2)
         start = self.pos % self.max_len
@@ -110,7 +112,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def decode_rows(rows: int) -> int:
+def row_blocks(rows: int) -> int:
     """How many equal blocks `matvec` splits a matrix of this many rows into (0: none fits)."""
     return next((d for d in range(8, 65) if rows % d == 0), 0)
 
@@ -121,12 +123,14 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     Decoding one token reads every weight for a single multiply-add, so its speed is that of
     memory. float32: MKL reads a matrix about twice as fast through a batched GEMM over blocks of
     rows as through its GEMV, and spreads the blocks over threads. bfloat16: ATen's own GEMV
-    (float32 sums) reads about three times as fast as oneDNN's for a single row.
+    (float32 sums) reads about 25 GB/s per thread here, oneDNN's one-row matmul about 15.
     """
     n, k = weight.shape
-    blocks = decode_rows(n)
+    blocks = row_blocks(n)
     if weight.dtype == torch.float32 and blocks and weight.is_contiguous() and MKL_BATCHED:
-        column = x.reshape(1, k, 1).expand(blocks, k, 1)
+        # (blocks, K, 1) with strides (0, 1, K): as a column of a K-row matrix MKL takes it
+        # as is, while strides (0, 1, 1) send it down a path about six times slower
+        column = x.reshape(1, k).t().expand(blocks, k, 1)
         w = weight.view(blocks, n // blocks, k)
         if bias is None:
             y = torch.bmm(w, column)
@@ -188,6 +192,8 @@ class CausalSelfAttention(nn.Module):
         elif cache is not None:
             past = cache.pos
             k, v = cache.update(self.layer, k, v)
+        if cache is not None:
+            q = q.to(k.dtype)  # the cache may be float32 under bfloat16 weights
         if past and T > 1:  # a chunk after cached tokens: query i sees keys up to past + i
             rows = torch.arange(T, device=x.device).unsqueeze(1) + past
             mask = torch.arange(past + T, device=x.device).unsqueeze(0) <= rows
@@ -199,7 +205,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=(past == 0 and T > 1),
             dropout_p=self.dropout if self.training else 0.0,
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.to(x.dtype).transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
 
@@ -388,12 +394,14 @@ class GPT(nn.Module):
             self.lm_head = head
         self.config.vocab_size = vocab_size
 
-    def new_cache(
-        self, batch_size: int, max_len: int | None = None, static: bool = False
-    ) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """A cache in the weights' dtype, except on the CPU: there it is float32, where
+        attention of one query runs several times faster than in bfloat16 (and scores stay
+        exact), for a cache far smaller than the weights read each step."""
         p = next(self.parameters())
         size = max_len or self.config.block_size
-        return KVCache(self.config, batch_size, size, p.device, p.dtype, static=static)
+        dtype = torch.float32 if p.device.type == "cpu" else p.dtype
+        return KVCache(self.config, batch_size, size, p.device, dtype)
 
     # -- weights on disk ------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from gptcli.cli.generate import (
     TopKOption,
     TopPOption,
     load_for_inference,
+    sleeping_omp_threads,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ def chat(
         bool, typer.Option("--json", help="Read turns from stdin; one JSON object per turn.")
     ] = False,
 ) -> None:
+    sleeping_omp_threads()
     from gptcli.chat import ChatSession, ChatSettings, load_template
     from gptcli.sample import SamplingSettings
 
