@@ -1,4 +1,4 @@
-"""The one way to write and read a model directory (safetensors + JSON, never pickle)."""
+"""The one way to write and read a model directory: safetensors and JSON only."""
 
 from __future__ import annotations
 
