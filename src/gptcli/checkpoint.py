@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gptcli import hf
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.model import FORMAT_VERSION, GPT
@@ -70,8 +71,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Reads config, tokenizer and weights of a model directory (ours or Hugging Face GPT-2)."""
-    from gptcli import hf
-
     if hf.is_hf_dir(directory):  # converted on the fly, nothing is written
         config, weights, tokenizer = hf.read_hf_dir(directory)
     else:

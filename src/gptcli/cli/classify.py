@@ -40,8 +40,8 @@ def classify(
     from gptcli.checkpoint import load_model
     from gptcli.errors import GptError
     from gptcli.evaluate import classify_probs
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
 
     if text is not None and text != "-":
         texts = [text]

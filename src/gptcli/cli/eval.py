@@ -198,10 +198,10 @@ def evaluate(
         score_tokens,
         scored_bytes,
     )
-    from gptcli.finetune import read_labelled
     from gptcli.generate import inference_dtype, prepare_for_inference
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
+    from gptcli.tasks.classify import read_labelled
 
     store = ModelStore()
     model_dirs = [store.resolve(ref) for ref in models or [None]]

@@ -101,8 +101,8 @@ def load_for_inference(
 
     from gptcli.checkpoint import load_model
     from gptcli.generate import inference_dtype, prepare_for_inference
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
 
     if threads is not None:  # else torch's default: one per physical core
         torch.set_num_threads(threads)

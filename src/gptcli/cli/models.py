@@ -405,11 +405,11 @@ def import_cmd(
 ) -> None:
     from pathlib import Path
 
-    from gptcli.hf import import_hf_dir
-    from gptcli.store import check_name
+    from gptcli.interop import import_hf_dir
+    from gptcli.store import ModelStore, check_name
 
     path = Path(directory).expanduser()
-    summary = import_hf_dir(path, check_name(name or path.resolve().name), force)
+    summary = import_hf_dir(path, check_name(name or path.resolve().name), force, ModelStore())
     if json_out:
         print_json(summary)
         return
@@ -442,9 +442,10 @@ def export_cmd(
 ) -> None:
     from pathlib import Path
 
-    from gptcli.hf import export_hf_dir
+    from gptcli.interop import export_hf_dir
+    from gptcli.store import ModelStore
 
-    summary = export_hf_dir(name, Path(directory).expanduser(), force)
+    summary = export_hf_dir(name, Path(directory).expanduser(), force, ModelStore())
     if json_out:
         print_json(summary)
         return

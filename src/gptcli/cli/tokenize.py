@@ -63,11 +63,10 @@ def train_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
-    from gptcli.config import TrainConfig
     from gptcli.data import read_corpus
     from gptcli.errors import GptError
+    from gptcli.pretrain import prepare_tokenizer
     from gptcli.store import ModelStore, check_name, write_text_atomic
-    from gptcli.train import TrainRequest, prepare_tokenizer
 
     store = ModelStore()
     target = store.tokenizers_dir / check_name(name) / "tokenizer.json"
@@ -75,15 +74,9 @@ def train_cmd(
         raise GptError(f"a tokenizer named {name!r} already exists (use --force to replace it)")
     if char and vocab_size is not None:
         raise GptError("--vocab-size does not apply to --char")
-    request = TrainRequest(
-        inputs=inputs,
-        name=name,
-        cfg=TrainConfig(),
-        preset="tiny",
-        tokenizer="char" if char else "bpe",
-        vocab_size=vocab_size,
-    )
-    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=lambda m: info(m, quiet))
+    choice = "char" if char else "bpe"
+    log = lambda m: info(m, quiet)  # noqa: E731
+    tok = prepare_tokenizer(choice, vocab_size, read_corpus(inputs), store, log)
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:
