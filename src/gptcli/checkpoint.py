@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from gptcli import hf
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
+from gptcli.lora import merged_weights
 from gptcli.model import FORMAT_VERSION, GPT
 from gptcli.store import atomic_path, read_json, write_json_atomic, write_text_atomic
 from gptcli.tokenizer import Tokenizer
@@ -30,9 +33,8 @@ class LoadedModel:
 
 
 def save_weights(path: Path, model: GPT) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.cpu() for k, v in model.weights().items()}
+    # a model fine-tuned with adapters is saved merged, and loads like any other
+    tensors = {k: v.cpu() for k, v in model.weights(merged_weights(model)).items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION})
 
@@ -54,8 +56,6 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise GptError(f"{path}: weights file is missing")
     try:
@@ -117,8 +117,6 @@ def save_train_state(
     state: dict[str, Any],
     data_generator: torch.Generator,
 ) -> None:
-    from safetensors.torch import save_file
-
     tensors, described = optimizer_tensors(optimizers)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.data"] = data_generator.get_state()
@@ -138,8 +136,6 @@ def load_train_state(
     path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
 ) -> dict[str, Any]:
     """Restores optimizers and RNGs in place; returns the saved loop state."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise GptError(f"{path.parent.name} has no training state to resume from")
     try:

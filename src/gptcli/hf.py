@@ -17,6 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors
+
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.store import (
@@ -134,8 +138,6 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
     tensors = {}
     for path in weight_files(directory):
         if not path.is_file():
@@ -194,9 +196,6 @@ def tensors_from_hf(
 
 def gpt2_bpe_tokenizer(vocab: Path, merges: Path) -> Tokenizer:
     """GPT-2's byte-level BPE from `vocab.json` + `merges.txt`, as transformers builds it."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, processors
-
     try:
         hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
     except Exception as exc:  # tokenizers raises plain Exception for bad files

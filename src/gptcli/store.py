@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -135,8 +136,6 @@ def fault_point(name: str) -> None:
         return
     count = _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if count == int(spec.split(":")[1]):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
 from gptcli.cli.options import complete_model_name
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gptcli.checkpoint import LoadedModel
+    from gptcli.store import ModelStore
 
 HELP = """Measure models, one row per model: mean loss per token (nats), perplexity and bits per
 byte, or multiple-choice accuracy.
@@ -85,7 +92,7 @@ class EvalProgress:
         if self.progress is not None:
             self.progress.stop()
 
-    def track(self, description: str, unit: str):  # type: ignore[no-untyped-def]
+    def track(self, description: str, unit: str) -> Callable[[int, int], None] | None:
         """A (done, total) callback that moves the bar, or None when there is no bar."""
         if self.progress is None:
             return None
@@ -100,7 +107,7 @@ class EvalProgress:
         return report
 
 
-def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
+def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarray, int]:
     """The validation split recorded at training time: (tokens, UTF-8 bytes of its text)."""
     from gptcli.data import build_corpus, load_tokens, read_corpus
     from gptcli.errors import GptError

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+
+if TYPE_CHECKING:
+    from gptcli.tokenizer import Tokenizer
 
 app = typer.Typer(
     help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
@@ -27,7 +30,7 @@ TokenizerOption = Annotated[
 ]
 
 
-def load_tokenizer(model: str | None, tokenizer: str | None):  # type: ignore[no-untyped-def]
+def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
     from gptcli.errors import GptError
     from gptcli.store import ModelStore
     from gptcli.tokenizer import Tokenizer
@@ -122,7 +125,7 @@ def encode_cmd(
     err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
 
 
-def shown_pieces(tok, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+def shown_pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
     """Each token's text, with the bytes of a partial character (a multi-byte character split
     between tokens, as in Chinese with BPE) written \\xNN instead of U+FFFD."""
     pieces = []

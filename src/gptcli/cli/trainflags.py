@@ -52,7 +52,8 @@ def training_flags(command: str, after: str) -> Callable[[Command], Command]:
         at = [p.name for p in own].index(after) + 1
         params = [*own[:at], *options, *own[at:-1]]
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
-        func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        # inspect.signature, and so Typer, reads __signature__ instead of the code's
+        func.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # see above
         func.__annotations__ = {p.name: p.annotation for p in params}
         return func
 
