@@ -16,6 +16,7 @@ from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.lora import merged_weights
 from gptcli.model import FORMAT_VERSION, GPT
+from gptcli.record import RECORD_FILE, read_record
 from gptcli.store import atomic_path, read_json, write_json_atomic, write_text_atomic
 from gptcli.tokenizer import Tokenizer
 
@@ -48,7 +49,7 @@ def write_model_dir(
     write_text_atomic(directory / "tokenizer.json", tokenizer.to_json())
     save_weights(directory / "model.safetensors", model)
     if info is not None:
-        write_json_atomic(directory / "train.json", info)
+        write_json_atomic(directory / RECORD_FILE, info)
 
 
 def read_config(directory: Path) -> ModelConfig:
@@ -86,9 +87,7 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedMod
     model.load_weights(weights, directory)
     model.to(device)
     model.eval()
-    info_path = directory / "train.json"
-    info = read_json(info_path) if info_path.is_file() else {}
-    return LoadedModel(model, tokenizer, directory, info)
+    return LoadedModel(model, tokenizer, directory, read_record(directory))
 
 
 # -- training state, for exact --resume ------------------------------------------------------

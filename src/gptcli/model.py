@@ -17,6 +17,8 @@ from torch import nn
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin tables of rotary positions
+
 FORMAT_VERSION = "1"
 # x86 builds of torch batch GEMMs through MKL, which `matvec` relies on for float32.
 MKL_BATCHED = torch.backends.mkl.is_available()
@@ -172,7 +174,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -238,12 +240,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        cache: KVCache | None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None, cache: KVCache | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), rope, cache))
         return x + self.drop(self.mlp(self.ln_2(x)))
 

@@ -139,6 +139,13 @@ class RunDirectory:
         write_json_atomic(self.directory / RECORD_FILE, self.record.to_dict(result, self.history))
 
 
+def read_record(directory: Path) -> dict[str, Any]:
+    """A model's train.json as it is on disk ({} for a model without one, e.g. a Hugging Face
+    directory)."""
+    path = directory / RECORD_FILE
+    return read_json(path) if path.is_file() else {}
+
+
 def discard_unsaved(directory: Path) -> None:
     """Removes a run's directory if no model was saved in it (only its metrics are there)."""
     if directory.is_dir() and not (directory / "config.json").is_file():

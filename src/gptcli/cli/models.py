@@ -29,6 +29,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     """
     from gptcli import hf
     from gptcli.config import ModelConfig
+    from gptcli.record import read_record
     from gptcli.store import count_parameters, read_json
 
     config: Any = None
@@ -39,7 +40,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     elif (path / "config.json").is_file():
         config = ModelConfig.from_dict(read_json(path / "config.json"))
         params = count_parameters(path / "model.safetensors")
-    info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
+    info = read_record(path)
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     files = info.get("data", {}).get("files", [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -141,7 +142,10 @@ BlockSize = Annotated[int | None, typer.Option(help="Context length (default: th
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
 
 
-def run_training(job: Any, quiet: bool, json_out: bool) -> None:
+Job = Callable[[TrainProgress, Callable[[str], None]], dict[str, Any]]
+
+
+def run_training(job: Job, quiet: bool, json_out: bool) -> None:
     """Runs a training job (a callable taking observer and log) and prints its summary.
 
     Under torchrun only rank 0 prints.
