@@ -14,11 +14,6 @@ from typing import Any
 
 from gptcli.errors import GptError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 FAMILIES = ("gpt2", "modern")
 
 
@@ -282,6 +277,12 @@ def parse_duration(text: str) -> float:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing or malformed file is a one-line GptError."""
+    # imported here: `gpt --help` imports this module (cli/trainflags.py), and needs no TOML
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)

@@ -31,7 +31,7 @@ def store_home() -> Path:
     env = os.environ.get("GPTCLI_HOME")
     if env:
         return Path(env).expanduser()
-    import platformdirs
+    import platformdirs  # only without GPTCLI_HOME: shell completion reads the store too
 
     return Path(platformdirs.user_cache_dir("gptcli"))
 

@@ -43,7 +43,6 @@ from gptcli.cli.repl import (
     parse_input,
 )
 from gptcli.errors import GptError
-from gptcli.store import store_home
 
 if TYPE_CHECKING:
     from gptcli.conversation import ChatSession
@@ -283,6 +282,8 @@ def setup_readline() -> Path | None:
         import readline
     except ImportError:  # no readline on this platform: plain input() still works
         return None
+    from gptcli.store import store_home
+
     path = store_home() / "chat_history"
     with contextlib.suppress(OSError):  # no history yet
         readline.read_history_file(path)

@@ -11,6 +11,7 @@ import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -110,7 +111,6 @@ class EvalProgress:
 def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarray, int]:
     """The validation split recorded at training time: (tokens, UTF-8 bytes of its text)."""
     from gptcli.data import build_corpus, load_tokens, read_corpus
-    from gptcli.errors import GptError
 
     data = loaded.info.get("data") or {}
     key = data.get("cache_key")
@@ -144,8 +144,6 @@ def is_classifier(model_dir: Path) -> bool:
 
 
 def jsonl_files(data: list[str]) -> list[Path]:
-    from gptcli.errors import GptError
-
     for raw in data:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -195,7 +193,6 @@ def evaluate(
 ) -> None:
     from gptcli.checkpoint import load_model
     from gptcli.data import find_text_files, read_text
-    from gptcli.errors import GptError
     from gptcli.evaluate import (
         LMScore,
         read_choice_file,

@@ -26,6 +26,7 @@ from gptcli.cli.trainflags import (
     train_settings,
     training_flags,
 )
+from gptcli.errors import GptError
 
 HELP = """Fine-tune a stored model (BASE is never modified; the result is a new model).
 
@@ -79,7 +80,6 @@ def finetune(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
-    from gptcli.errors import GptError
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
 
 if TYPE_CHECKING:
     from gptcli.tokenizer import Tokenizer
@@ -31,7 +33,6 @@ TokenizerOption = Annotated[
 
 
 def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
-    from gptcli.errors import GptError
     from gptcli.store import ModelStore
     from gptcli.tokenizer import Tokenizer
 
@@ -67,7 +68,6 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
     from gptcli.data import read_corpus
-    from gptcli.errors import GptError
     from gptcli.pretrain import prepare_tokenizer
     from gptcli.store import ModelStore, check_name, write_text_atomic
 
@@ -142,10 +142,7 @@ def decode_cmd(
     tokenizer: TokenizerOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON with the text.")] = False,
 ) -> None:
-    import sys
-
     from gptcli.cli.generate import read_prompt
-    from gptcli.errors import GptError
 
     tok = load_tokenizer(model, tokenizer)
     words = ids if ids else read_prompt(None).replace(",", " ").split()

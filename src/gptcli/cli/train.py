@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from gptcli.cli.trainflags import (
     train_settings,
     training_flags,
 )
+from gptcli.errors import GptError
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
 
@@ -119,8 +121,6 @@ def fmt(loss: float | None) -> str:
 
 
 def default_name(inputs: list[str]) -> str:
-    import re
-
     stem = Path(inputs[0]).expanduser().resolve().stem or "model"
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_")[:100] or "model"
 
@@ -198,7 +198,6 @@ def train(
     **flags: Any,
 ) -> None:
     from gptcli.config import FAMILIES, PRESETS
-    from gptcli.errors import GptError
     from gptcli.store import check_name
 
     if preset != "auto" and preset not in PRESETS:
