@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from gptcli import hf
 from gptcli.config import ModelConfig
@@ -37,7 +37,9 @@ def save_weights(path: Path, model: GPT) -> None:
     # a model fine-tuned with adapters is saved merged, and loads like any other
     tensors = {k: v.cpu() for k, v in model.weights(merged_weights(model)).items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION})
+        safetensors.torch.save_file(
+            tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION}
+        )
 
 
 def write_model_dir(
@@ -128,7 +130,7 @@ def save_train_state(
         "optimizers": json.dumps(described),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_train_state(

@@ -17,10 +17,9 @@ from gptcli.checkpoint import load_model
 from gptcli.config import TrainConfig
 from gptcli.data import find_text_files
 from gptcli.errors import GptError
-from gptcli.loop import TrainObserver
 from gptcli.lora import apply_lora
 from gptcli.record import continued
-from gptcli.run import Log, Prepared, check_target, execute, silent
+from gptcli.run import Log, Prepared, check_target
 from gptcli.runtime import Distributed
 from gptcli.store import ModelStore
 from gptcli.tasks import detect_task, task_named
@@ -118,13 +117,3 @@ class FinetuneRequest:
             extra_files=data.extra_files,
             summary={"task": self.task},
         )
-
-
-def finetune(
-    request: FinetuneRequest,
-    store: ModelStore,
-    observer: TrainObserver | None = None,
-    log: Log = silent,
-) -> dict[str, Any]:
-    """Fine-tunes BASE into a new model NAME (or resumes it); returns the run's summary."""
-    return execute(request, store, observer, log)

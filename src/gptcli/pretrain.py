@@ -20,11 +20,10 @@ from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Texts, build_corpus, read_corpus
 from gptcli.errors import GptError
-from gptcli.loop import TrainObserver
 from gptcli.model import GPT
 from gptcli.monitor import prompt_from
 from gptcli.record import continued
-from gptcli.run import Log, Prepared, budget_overrides, check_target, execute, silent
+from gptcli.run import Log, Prepared, budget_overrides, check_target
 from gptcli.runtime import Distributed, micro_batch_size
 from gptcli.store import ModelStore
 from gptcli.tasks.text import token_batches
@@ -224,13 +223,3 @@ def share_tokenizer(
         buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
     torch_dist.broadcast(buffer, 0)
     return Tokenizer(HFTokenizer.from_str(bytes(buffer.cpu().tolist()).decode()))
-
-
-def train_from_scratch(
-    request: TrainRequest,
-    store: ModelStore,
-    observer: TrainObserver | None = None,
-    log: Log = silent,
-) -> dict[str, Any]:
-    """Trains a new model (or resumes one) and stores it; returns the run's summary."""
-    return execute(request, store, observer, log)

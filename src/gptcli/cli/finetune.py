@@ -105,8 +105,6 @@ def finetune(
         raise missing(ctx, "option '--name'", "name")
 
     from gptcli.finetune import FinetuneRequest
-    from gptcli.finetune import finetune as run_finetune
-    from gptcli.store import ModelStore
 
     request = FinetuneRequest(
         base=base,
@@ -120,6 +118,4 @@ def finetune(
         resume=resume,
         config=settings,
     )
-    run_training(
-        lambda observer, log: run_finetune(request, ModelStore(), observer, log), quiet, json_out
-    )
+    run_training(request, quiet, json_out)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,6 +29,9 @@ from gptcli.cli.trainflags import (
     training_flags,
 )
 from gptcli.errors import GptError
+
+if TYPE_CHECKING:
+    from gptcli.run import Job
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
 
@@ -142,18 +144,18 @@ BlockSize = Annotated[int | None, typer.Option(help="Context length (default: th
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
 
 
-Job = Callable[[TrainProgress, Callable[[str], None]], dict[str, Any]]
-
-
 def run_training(job: Job, quiet: bool, json_out: bool) -> None:
-    """Runs a training job (a callable taking observer and log) and prints its summary.
+    """Runs a training job (`run.execute`) with a progress display and prints its summary.
 
     Under torchrun only rank 0 prints.
     """
+    from gptcli.run import execute
+    from gptcli.store import ModelStore
+
     main_process = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_process
     with TrainProgress(quiet) as progress:
-        summary = job(progress, lambda m: info(m, quiet))
+        summary = execute(job, ModelStore(), progress, lambda m: info(m, quiet))
     if not main_process:
         return
     if json_out:
@@ -219,8 +221,7 @@ def train(
     if not inputs:
         raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
 
-    from gptcli.pretrain import TrainRequest, train_from_scratch
-    from gptcli.store import ModelStore
+    from gptcli.pretrain import TrainRequest
 
     request = TrainRequest(
         inputs=inputs,
@@ -237,8 +238,4 @@ def train(
         auto_batch=flags.get("batch_size") is None,
         config=settings,
     )
-    run_training(
-        lambda observer, log: train_from_scratch(request, ModelStore(), observer, log),
-        quiet,
-        json_out,
-    )
+    run_training(request, quiet, json_out)
