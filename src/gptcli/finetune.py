@@ -19,7 +19,7 @@ from gptcli.data import find_text_files
 from gptcli.errors import GptError
 from gptcli.lora import apply_lora
 from gptcli.record import continued
-from gptcli.run import Log, Prepared, check_target
+from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed
 from gptcli.store import ModelStore
 from gptcli.tasks import detect_task, task_named
@@ -71,12 +71,19 @@ class FinetuneRequest:
     ) -> Prepared:
         """Loads BASE (or the model being resumed) and adapts it to the task."""
         assert self.task is not None  # set by check()
-        cfg, base_dir = self.cfg, store.resolve(self.base)
+        base_dir = store.resolve(self.base)
         loaded = load_model(store.model_dir(self.name) if self.resume else base_dir, device)
         model, tokenizer = loaded.model, loaded.tokenizer
         info = loaded.info if self.resume else {}
+        cfg, aux_lm_weight = self.cfg, self.aux_lm_weight
+        if self.resume:  # the stored run's settings and budget, unless a new budget is given
+            stored = info.get("train", {})
+            cfg = resumed_config(stored, self.cfg)
+            aux_lm_weight = stored.get("aux_lm_weight", aux_lm_weight)
+        else:  # the classifier head and new token rows start the same in every process
+            torch.manual_seed(cfg.seed)
         inputs = TaskInputs(
-            self.files, model, tokenizer, cfg, self.resume, store, device, dist, self.aux_lm_weight
+            self.files, model, tokenizer, cfg, self.resume, store, device, dist, aux_lm_weight
         )
         data = task_named(self.task).prepare(inputs)
         log(
@@ -102,7 +109,7 @@ class FinetuneRequest:
             task=self.task,
             config=self.config,
             base=info.get("base") or {"name": loaded.name, "path": str(base_dir)},
-            train=cfg.to_dict() | {"lora": self.lora_rank, "aux_lm_weight": self.aux_lm_weight},
+            train=cfg.to_dict() | {"lora": self.lora_rank, "aux_lm_weight": aux_lm_weight},
             tokenizer=tokenizer.kind,
             data=data.data,
         )

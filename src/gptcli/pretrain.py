@@ -23,7 +23,7 @@ from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.monitor import prompt_from
 from gptcli.record import continued
-from gptcli.run import Log, Prepared, budget_overrides, check_target
+from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed, micro_batch_size
 from gptcli.store import ModelStore
 from gptcli.tasks.text import token_batches
@@ -114,7 +114,7 @@ class TrainRequest:
         if request.resume:
             loaded = load_model(store.model_dir(request.name), device)
             model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
-            cfg = TrainConfig.from_dict({**info.get("train", {}), **budget_overrides(request.cfg)})
+            cfg = resumed_config(info.get("train", {}), request.cfg)
         else:
             tokenizer = None
             if dist.is_main:

@@ -109,6 +109,12 @@ def budget_overrides(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
+    """A resumed run's settings: the stored run's (train.json's "train"), with the budget flags
+    given now."""
+    return TrainConfig.from_dict({**stored, **budget_overrides(given)})
+
+
 def execute(
     job: Job, store: ModelStore, observer: TrainObserver | None = None, log: Log = silent
 ) -> dict[str, Any]:
