@@ -78,6 +78,7 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "train_loss": result.get("train_loss"),
         "val_loss": result.get("val_loss"),
         "stopped": result.get("stopped"),
+        "kept": result.get("kept"),
         "created": info.get("created"),
         "size_bytes": size,
         "config": info.get("config"),
@@ -187,7 +188,8 @@ that `gpt train --config` reads). A run still training shows its progress so far
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
 train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
-stopped (max_steps, max_time, interrupted, running), created, size_bytes, config (the run's
+stopped (max_steps, max_time, interrupted, running), kept (the step whose weights are stored:
+step, val_loss, why), created, size_bytes, config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr).
 
 Example: gpt models show stories --plot stories-loss.png
@@ -285,6 +287,10 @@ def print_summary(row: dict[str, Any]) -> None:
                 f"train {fmt_loss(row['train_loss'])}, validation {fmt_loss(row['val_loss'])}",
             )
         )
+        if row["kept"]:
+            from gptcli.record import describe_kept
+
+            lines.append(("stored", describe_kept(row["kept"]).removeprefix("kept ")))
     if row["created"]:
         lines.append(("created", row["created"].replace("T", " ")))
     lines.append(("size", f"{human_count(row['size_bytes'])}B on disk, {row['path']}"))

@@ -161,10 +161,12 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
     if json_out:
         print_json(summary)
         return
+    from gptcli.record import describe_kept
+
     typer.echo(
         f"saved {summary['name']}: {summary['steps']} steps, "
         f"train loss {fmt(summary['train_loss'])}, val loss {fmt(summary['val_loss'])}, "
-        f"{summary['seconds']:.1f}s"
+        f"{summary['seconds']:.1f}s; {describe_kept(summary.get('kept'))}"
     )
     if not quiet:
         info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
