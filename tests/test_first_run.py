@@ -129,3 +129,36 @@ def test_resume_after_keep_best_continues_exactly(
     assert all(torch.equal(a[k], b[k]) for k in a)
     a, b = latest_weights(home, "full"), latest_weights(home, "cut")
     assert a and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_model_has_a_long_context_reached_by_seq_warmup(
+    home: Path, small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpt train's default: context 256, trained on 64 then 128 tokens first at the same tokens
+    per step; a small corpus gets dropout, and the summary says it was seen many times."""
+    from gptcli.data import Batches
+
+    shapes: list[tuple[int, int]] = []
+    original = Batches.sample
+
+    def recording(self, generator=None):  # type: ignore[no-untyped-def]
+        batch = original(self, generator)
+        if generator is None:
+            shapes.append(tuple(batch["idx"].shape))
+        return batch
+
+    monkeypatch.setattr(Batches, "sample", recording)
+    args = [str(small), "--tokenizer", "char", "--max-steps", "8", "--eval-every", "4"]
+    result = run("train", *args, "--name", "default")
+    assert "note: 12 passes over 1,350 training tokens: expect overfitting" in result.stderr
+    assert "dropout 0.2: 1,350 training tokens are few" in result.stderr
+    config = json.loads((home / "models" / "default" / "config.json").read_text())
+    assert config["block_size"] >= 256 and config["dropout"] == 0.2
+    assert record(home, "default")["train"]["seq_warmup"] == 0.5
+    assert shapes == [(32, 64)] * 2 + [(16, 128)] * 2 + [(8, 256)] * 4
+
+    shapes.clear()  # an explicit shape trains at its own length, without dropout
+    run("train", *args, "--name", "mini", "--preset", "mini", "--block-size", "64", "--quiet")
+    config = json.loads((home / "models" / "mini" / "config.json").read_text())
+    assert config["dropout"] == 0.0 and record(home, "mini")["train"]["seq_warmup"] == 0.0
+    assert set(shapes) == {(16, 64)}

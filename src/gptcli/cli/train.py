@@ -118,6 +118,9 @@ class TrainProgress:
         (self.progress.console if self.live else err).print(line, soft_wrap=True)
 
 
+MANY_PASSES = 4  # passes over the training tokens from which the summary warns
+
+
 def fmt(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
 
@@ -169,6 +172,12 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
         f"{summary['seconds']:.1f}s; {describe_kept(summary.get('kept'))}"
     )
     if not quiet:
+        passes = summary["tokens"] / summary["train_tokens"] if summary.get("train_tokens") else 0
+        if passes >= MANY_PASSES:
+            info(
+                f"note: {passes:.0f} passes over {summary['train_tokens']:,} training tokens: "
+                "expect overfitting; more text helps"
+            )
         info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
 
 
