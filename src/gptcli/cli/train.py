@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gptcli.cli.console import err, info, print_json, stderr_is_tty
+from gptcli.cli.generate import sleeping_omp_threads
 from gptcli.cli.runconfig import (
     ConfigFile,
     PrintConfig,
@@ -210,6 +211,7 @@ def train(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
+    sleeping_omp_threads()  # before torch loads: training on shared cores (README Performance)
     from gptcli.config import FAMILIES, PRESETS
     from gptcli.store import check_name
 
