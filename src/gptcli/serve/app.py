@@ -186,16 +186,19 @@ class Relay:
         """Text and done events until every choice is done; cancels what is left when the
         consumer stops early or (non-streamed, `http` given) the client goes away."""
         left = self.choices
+        checked = self.loop.time()
         try:
             while left:
                 if http is None:
                     event = await self.queue.get()
                 else:
+                    if self.loop.time() - checked > 0.5:  # twice a second, busy or not
+                        checked = self.loop.time()
+                        if await http.is_disconnected():
+                            return
                     try:
                         event = await asyncio.wait_for(self.queue.get(), timeout=0.5)
                     except asyncio.TimeoutError:
-                        if await http.is_disconnected():
-                            return
                         continue
                 if event.kind == "error":
                     raise ApiError(500, event.text, code="generation_failed", kind="server_error")
@@ -243,7 +246,11 @@ class Server:
 
     async def health(self, request: HttpRequest) -> Response:
         models = {
-            name: {"active": m.engine.busy_slots, "waiting": len(m.engine.waiting)}
+            name: {
+                "active": m.engine.busy_slots,
+                "waiting": len(m.engine.waiting),
+                "decode_steps": m.engine.steps,
+            }
             for name, m in self.models.items()
         }
         return JSONResponse({"status": "ok", "models": models})
@@ -268,7 +275,8 @@ class Server:
         jobs = [self._completion_job(served, text, params) for text in params.prompts]
         tok = served.loaded.tokenizer
         relay = Relay(served, jobs, params.sampling)
-        stop_ids = frozenset() if tok.eot_id is None else frozenset({tok.eot_id})
+        no_eot = tok.eot_id is None or params.sampling.ignore_eos
+        stop_ids = frozenset() if no_eot else frozenset({tok.eot_id})
         relay.submit(stop_ids, params.sampling.stop)
         if params.sampling.stream:
             return self._stream(relay, request, "text_completion", chat=False)

@@ -143,6 +143,7 @@ class SamplingParams:
     seed: int
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False
 
 
 def sampling_params(
@@ -209,7 +210,10 @@ def sampling_params(
         )
     except GptError as exc:  # its messages name the command-line flags
         raise ApiError(400, str(exc).removeprefix("--")) from None
-    return SamplingParams(model, settings, max_tokens, n, _stops(body), seed, stream, include_usage)
+    ignore_eos = _boolean(body, "ignore_eos", False)  # as vLLM: for benchmarks and tests
+    return SamplingParams(
+        model, settings, max_tokens, n, _stops(body), seed, stream, include_usage, ignore_eos
+    )
 
 
 # -- the two kinds of request ---------------------------------------------------------------
