@@ -90,10 +90,10 @@ class RaggedKVCache:
             self.v[layer, :, :, : self.span].index_select(0, self.rows),
         )
 
-    def store(self, slot: int, source: KVCache, length: int) -> None:
-        """Copies a prefilled single-row cache's first `length` positions into `slot`."""
-        self.k[:, slot, :, :length] = source.k[:, 0, :, :length]
-        self.v[:, slot, :, :length] = source.v[:, 0, :, :length]
+    def store(self, slot: int, source: KVCache, length: int, row: int = 0) -> None:
+        """Copies row `row` of a prefilled cache, its first `length` positions, into `slot`."""
+        self.k[:, slot, :, :length] = source.k[:, row, :, :length]
+        self.v[:, slot, :, :length] = source.v[:, row, :, :length]
 
 
 # -- requests and their sequences -----------------------------------------------------------
@@ -137,9 +137,14 @@ class Sequence:
     """One choice of a request in a slot: its tokens, sampling state and text."""
 
     def __init__(
-        self, request: Request, choice: int, slot: int, window: list[int], tokenizer: Tokenizer
+        self,
+        request: Request,
+        choice: int,
+        slot: int,
+        window: list[int],
+        tokenizer: Tokenizer,
+        device: torch.device,
     ) -> None:
-        device = torch.device("cpu")
         self.request, self.choice, self.slot = request, choice, slot
         self.history = list(window)  # prompt window + tokens: for a window prefilled again
         self.length = len(window)  # tokens in the slot's cache
@@ -249,8 +254,8 @@ class BatchEngine:
                         break
                     joining = self._admit()
                 try:
-                    for request in joining:
-                        self._join(request)
+                    if joining:
+                        self._join(joining)
                     for seq in self.refill:
                         self._prefill_again(seq)
                     self.refill.clear()
@@ -283,15 +288,38 @@ class BatchEngine:
         logits, _ = self.model(torch.tensor([ids], device=device), cache=cache, last_only=True)
         return logits[:, -1].float(), cache
 
-    def _join(self, request: Request) -> None:
-        window = request.prompt[-self.context :]  # the newest tokens, as gpt generate does
-        logits, prefilled = self._prefill(window)
-        for choice, slot in zip(range(request.n), self._free_slots(), strict=False):
-            self.cache.store(slot, prefilled, len(window))
-            seq = Sequence(request, choice, slot, window, self.tokenizer)
-            self.active[slot] = seq
-            seq.accept(logits, self.vocab)
-            self._check_full(seq)
+    def _prefill_together(self, windows: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
+        """Several prompts in one forward pass, each padded on the right to the longest: under
+        the causal mask a row's real tokens never see its padding. Logits (B, V) are taken at
+        each row's own last token."""
+        device = self.cache.k.device
+        longest = max(len(w) for w in windows)
+        ids = torch.tensor([w + [0] * (longest - len(w)) for w in windows], device=device)
+        cache = self.model.new_cache(len(windows), longest)
+        hidden = self.model.hidden(ids, cache)  # (B, T, C)
+        last = torch.tensor([len(w) - 1 for w in windows], device=device)
+        rows = torch.arange(len(windows), device=device)
+        return self.model.lm_head(hidden[rows, last]).float(), cache
+
+    def _join(self, requests: list[Request]) -> None:
+        """Prefills the requests that joined at this step, and puts their choices in slots.
+
+        A request alone is prefilled alone, as `gpt generate` prefills it (the same numbers);
+        several arriving together share one forward pass, which costs less than one each."""
+        windows = [r.prompt[-self.context :] for r in requests]  # the newest, as gpt generate
+        if len(requests) == 1:
+            logits, prefilled = self._prefill(windows[0])
+        else:
+            logits, prefilled = self._prefill_together(windows)
+        free = iter(self._free_slots())
+        for row, (request, window) in enumerate(zip(requests, windows, strict=True)):
+            for choice in range(request.n):
+                slot = next(free)
+                self.cache.store(slot, prefilled, len(window), row)
+                seq = Sequence(request, choice, slot, window, self.tokenizer, self.cache.k.device)
+                self.active[slot] = seq
+                seq.accept(logits[row : row + 1], self.vocab)
+                self._check_full(seq)
 
     def _check_full(self, seq: Sequence) -> None:
         if not seq.finished and seq.length >= self.context:

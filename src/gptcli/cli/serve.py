@@ -16,7 +16,7 @@ HELP = """Serve models over an OpenAI-compatible HTTP API, with a chat page at /
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions. \
 Requests in flight together are decoded together (continuous batching). Needs the serve \
-extra: pip install "gptcli[serve]".
+extra: pip install "gptcli\\[serve]".
 
 Example: gpt serve -m stories -m stories-chat --port 8080
 """
