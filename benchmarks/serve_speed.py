@@ -9,11 +9,12 @@ every stream gets all 64) over raw HTTP; all the clients of a round start togeth
 
 - aggregate tok/s = all tokens received / (last stream's end - the round's start);
 - time to first token = from the round's start to a stream's first text, median over streams;
-- speedup = aggregate tok/s at N / at 1, within the same run (the machine may be shared).
+- speedup = aggregate tok/s at N / at 1 in the same pass (the machine may be shared).
 
-Each level runs `--runs` rounds (after one warm-up request); the table shows the median round.
+`--runs` passes over the levels, interleaved (after one warm-up request); the table shows
+medians over the passes.
 
-    python benchmarks/serve_speed.py [--runs 2] [--tokens 64] [--levels 1 4 8]
+    python benchmarks/serve_speed.py [--runs 3] [--tokens 64] [--levels 1 4 8]
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def round_of(url: str, prompts: list[str], tokens: int, seed: int) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--seed", type=int, default=0)
@@ -127,20 +128,23 @@ def main() -> None:
         proc, url = start_server(model_dir, max(args.levels))
         try:
             round_of(url, prompts[:1], 4, 0)  # warm-up
-            rows = {}
-            for level in args.levels:
-                rounds = [
-                    round_of(url, prompts[:level], args.tokens, 1000 * r) for r in range(args.runs)
-                ]
-                rows[level] = sorted(rounds, key=lambda r: r["tok_s"])[len(rounds) // 2]
+            rounds: dict[int, list[dict[str, float]]] = {level: [] for level in args.levels}
+            for r in range(args.runs):  # levels interleaved, so a busy spell hits them all
+                for level in args.levels:
+                    rounds[level].append(round_of(url, prompts[:level], args.tokens, 1000 * r))
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
-    base = rows[args.levels[0]]["tok_s"]
+    base = args.levels[0]
     print(f"{'streams':>7} {'aggregate tok/s':>16} {'speedup':>8} {'TTFT s':>7} {'round s':>8}")
-    for level, r in rows.items():
-        print(f"{level:>7} {r['tok_s']:>16.2f} {r['tok_s'] / base:>7.2f}x {r['ttft']:>7.2f} "
-              f"{r['seconds']:>8.1f}")  # fmt: skip
+    for level, runs in rounds.items():
+        tok_s = statistics.median(r["tok_s"] for r in runs)
+        speedup = statistics.median(
+            r["tok_s"] / b["tok_s"] for r, b in zip(runs, rounds[base], strict=True)
+        )
+        ttft = statistics.median(r["ttft"] for r in runs)
+        seconds = statistics.median(r["seconds"] for r in runs)
+        print(f"{level:>7} {tok_s:>16.2f} {speedup:>7.2f}x {ttft:>7.2f} {seconds:>8.1f}")
     print(f"# load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
