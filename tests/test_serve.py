@@ -218,6 +218,24 @@ def test_stop_strings_and_echo(server: Served) -> None:
     assert echoed.choices[0].text == "Once" + text[:5]
 
 
+def test_several_prompts_an_empty_one_and_the_default_model(server: Served) -> None:
+    client = server.client()
+    alone = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0)
+        .choices[0]
+        .text
+        for p in ("Once", "The fox", "")
+    ]
+    out = client.completions.create(
+        model="tiny", prompt=["Once", "The fox", ""], max_tokens=12, temperature=0
+    )
+    assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == alone
+    assert out.usage.prompt_tokens == 4 + 7 + 1  # an empty prompt starts at end-of-text
+    body = {"prompt": "Once", "max_tokens": 12, "temperature": 0}  # no model: the first served
+    response = httpx.post(server.url + "/v1/completions", json=body, timeout=30).json()
+    assert response["model"] == "tiny" and response["choices"][0]["text"] == alone[0]
+
+
 def test_chat_uses_the_template_like_gpt_chat(server: Served, home_env: Path) -> None:
     from gptcli.chat import ChatTemplate, PlainTemplate
     from gptcli.tokenizer import Tokenizer
