@@ -121,7 +121,7 @@ def home_env(store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return store
 
 
-def wait_until(check, seconds: float = 15.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(check, seconds: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():
@@ -335,7 +335,7 @@ def test_disconnected_clients_free_their_slots(server: Served) -> None:
         assert response.status_code == 200
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
-        assert server.health()["models"]["tiny"]["active"] == 1
+        assert wait_until(lambda: server.health()["models"]["tiny"]["active"] == 1)
     assert wait_until(lambda: idle(server)), server.health()
     # a non-streamed request whose client gives up
     with pytest.raises(httpx.TimeoutException):

@@ -160,14 +160,11 @@ class Sequence:
         self.request.sink(event)
 
     def accept(self, logits: torch.Tensor, vocab: int) -> None:
-        """Samples the next token from logits (1, V); emits its text, or the end."""
-        settings = self.request.settings
-        if settings.penalized:
-            if self.counts is None:
-                self.counts = TokenCounts(self.history, 1, vocab, logits.device)
-            logits = self.counts.apply(logits, settings)
-        token_ids = sample_next_token(logits, settings, [self.generator])  # (1, 1)
-        token = int(token_ids.item())
+        """Samples the next token from logits (1, V) and takes it."""
+        self.take(sample_rows([self], logits, vocab)[0])
+
+    def take(self, token: int) -> None:
+        """The sampled token: emits its text, or the end."""
         if token in self.request.stop_ids:
             return self.finish("stop")
         self.generated += 1
@@ -180,7 +177,7 @@ class Sequence:
         if self.generated >= self.request.max_tokens:
             return self.finish("length")
         if self.counts is not None:
-            self.counts.add(token_ids)
+            self.counts.add(torch.tensor([[token]], device=self.counts.seen.device))
         self.last = token
 
     def finish(self, reason: str) -> None:
@@ -189,6 +186,32 @@ class Sequence:
             self.emit(Event("text", self.choice, text=rest))
         self.finished = True
         self.emit(Event("done", self.choice, finish=reason, tokens=self.generated))
+
+
+def sample_rows(seqs: list[Sequence], logits: torch.Tensor, vocab: int) -> list[int]:
+    """The next token of each sequence from its row of logits (len(seqs), V).
+
+    Rows with the same settings and no penalties are filtered and normalised together, each
+    still drawing from its own generator (so a row gets the token it would get alone); a row
+    with penalties first applies its own running counts.
+    """
+    tokens = [0] * len(seqs)
+    groups: dict[SamplingSettings, list[int]] = {}
+    for row, seq in enumerate(seqs):
+        settings = seq.request.settings
+        if not settings.penalized:
+            groups.setdefault(settings, []).append(row)
+            continue
+        if seq.counts is None:
+            seq.counts = TokenCounts(seq.history, 1, vocab, logits.device)
+        penalized = seq.counts.apply(logits[row : row + 1], settings)
+        tokens[row] = int(sample_next_token(penalized, settings, [seq.generator]).item())
+    for settings, rows in groups.items():
+        picked = logits[rows[0] : rows[0] + 1] if len(rows) == 1 else logits[rows]
+        ids = sample_next_token(picked, settings, [seqs[r].generator for r in rows])
+        for row, token in zip(rows, ids.view(-1).tolist(), strict=True):
+            tokens[row] = token
+    return tokens
 
 
 class QueueFull(GptError):
@@ -312,14 +335,18 @@ class BatchEngine:
         else:
             logits, prefilled = self._prefill_together(windows)
         free = iter(self._free_slots())
+        joined, rows = [], []
         for row, (request, window) in enumerate(zip(requests, windows, strict=True)):
             for choice in range(request.n):
                 slot = next(free)
                 self.cache.store(slot, prefilled, len(window), row)
                 seq = Sequence(request, choice, slot, window, self.tokenizer, self.cache.k.device)
                 self.active[slot] = seq
-                seq.accept(logits[row : row + 1], self.vocab)
-                self._check_full(seq)
+                joined.append(seq)
+                rows.append(row)
+        for seq, token in zip(joined, sample_rows(joined, logits[rows], self.vocab), strict=True):
+            seq.take(token)
+            self._check_full(seq)
 
     def _check_full(self, seq: Sequence) -> None:
         if not seq.finished and seq.length >= self.context:
@@ -349,9 +376,9 @@ class BatchEngine:
         logits, _ = self.model(tokens, cache=self.cache, last_only=True)
         logits = logits[:, -1].float()
         self.steps += 1
-        for row, seq in enumerate(seqs):
+        for seq, token in zip(seqs, sample_rows(seqs, logits, self.vocab), strict=True):
             seq.length += 1
-            seq.accept(logits[row : row + 1], self.vocab)
+            seq.take(token)
             self._check_full(seq)
 
     def _drop_ended(self) -> None:
