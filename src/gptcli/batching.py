@@ -257,7 +257,8 @@ class BatchEngine:
         with self.lock:
             if self.stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
+            free = self.max_batch - len(self.active)  # the next step takes that many
+            if len(self.waiting) - free >= self.max_queue:
                 raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
             self.waiting.append(request)
             self.lock.notify()
