@@ -386,8 +386,7 @@ def run_finetune(
         "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": info.get("config") if request.resume else request.config,
         "base": info.get("base") or {"name": loaded.name, "path": str(base_dir)},
-        "train": cfg.to_dict()
-        | {"lora": request.lora_rank, "aux_lm_weight": aux_lm_weight},
+        "train": cfg.to_dict() | {"lora": request.lora_rank, "aux_lm_weight": aux_lm_weight},
         "tokenizer": tokenizer.kind,
         "data": data_info,
     }
