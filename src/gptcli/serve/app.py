@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
@@ -162,7 +162,7 @@ class Relay:
             self.cancel()
             raise ApiError(400, str(exc)) from None
 
-    def _sink(self, base: int):  # type: ignore[no-untyped-def]
+    def _sink(self, base: int) -> Callable[[Event], None]:
         def sink(event: Event) -> None:  # on the engine's thread
             self.loop.call_soon_threadsafe(
                 self.queue.put_nowait, replace(event, choice=event.choice + base)
@@ -176,7 +176,7 @@ class Relay:
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(job.prompt_tokens for job in self.jobs) * self.params.n
+        return sum(job.prompt_tokens for job in self.jobs)  # once per prompt, as OpenAI counts
 
     @property
     def completion_tokens(self) -> int:
