@@ -83,7 +83,15 @@ class FinetuneRequest:
         else:  # the classifier head and new token rows start the same in every process
             torch.manual_seed(cfg.seed)
         inputs = TaskInputs(
-            self.files, model, tokenizer, cfg, self.resume, store, device, dist, aux_lm_weight
+            self.files,
+            model,
+            tokenizer,
+            cfg,
+            self.resume,
+            store.data_dir,
+            device,
+            dist,
+            aux_lm_weight,
         )
         data = task_named(self.task).prepare(inputs)
         log(
