@@ -26,8 +26,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from gptcli.batching import BatchEngine, Event, QueueFull, Request
-from gptcli.chat import Conversation, Template
+from gptcli.chat import Template
 from gptcli.checkpoint import LoadedModel
+from gptcli.conversation import Conversation
 from gptcli.errors import GptError
 from gptcli.serve.protocol import (
     ApiError,
