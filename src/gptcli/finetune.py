@@ -83,7 +83,15 @@ class FinetuneRequest:
         else:  # the classifier head and new token rows start the same in every process
             torch.manual_seed(cfg.seed)
         inputs = TaskInputs(
-            self.files, model, tokenizer, cfg, self.resume, store, device, dist, aux_lm_weight
+            files=self.files,
+            model=model,
+            tokenizer=tokenizer,
+            cfg=cfg,
+            resume=self.resume,
+            cache_dir=store.data_dir,
+            device=device,
+            dist=dist,
+            aux_lm_weight=aux_lm_weight,
         )
         data = task_named(self.task).prepare(inputs)
         log(

@@ -3,7 +3,7 @@
 A task is a module with `NAME`, `recognises(files, first)` and `prepare(inputs) -> TaskData`.
 It turns data files into batches for the loop (growing the tokenizer or the model where it must)
 and says what the run must store besides the weights. It knows nothing about optimizers,
-checkpoints, locks or the CLI: `finetune` and `run` do those.
+checkpoints, the store, locks or the CLI: `finetune` and `run` do those.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from gptcli.config import TrainConfig
 from gptcli.loop import BatchSource
 from gptcli.model import GPT
 from gptcli.runtime import Distributed
-from gptcli.store import ModelStore
 from gptcli.tokenizer import Tokenizer
 
 
@@ -31,7 +30,7 @@ class TaskInputs:
     tokenizer: Tokenizer
     cfg: TrainConfig
     resume: bool
-    store: ModelStore  # for the token cache of text data
+    cache_dir: Path  # the store's token cache, for text data
     device: torch.device
     dist: Distributed
     aux_lm_weight: float = 0.5  # classify: weight of the language-model loss

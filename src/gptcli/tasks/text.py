@@ -46,7 +46,7 @@ def token_batches(
 def prepare(inputs: TaskInputs) -> TaskData:
     cfg = inputs.cfg
     texts = read_corpus([str(f) for f in inputs.files])
-    corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.store.data_dir)
+    corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
     if len(corpus.train.tokens) < 2:
         raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")
     block_size = inputs.model.config.block_size
