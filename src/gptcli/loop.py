@@ -254,11 +254,14 @@ def train_model(
             progress(),
         )
 
-    def evaluate() -> None:
+    def evaluate(candidate: bool = True) -> None:
+        """`candidate`: may be kept as the best (not the extra evaluation of an interrupted
+        run, which an uninterrupted one would not have made: a resumed run keeps the same)."""
         if val is not None and dist.is_main:
             state.val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1, amp)
             better = state.best_val_loss is None or state.val_loss < state.best_val_loss
-            if cfg.keep == "best" and state.step > 0 and math.isfinite(state.val_loss) and better:
+            candidate = candidate and cfg.keep == "best" and state.step > 0
+            if candidate and math.isfinite(state.val_loss) and better:
                 state.best_step, state.best_val_loss = state.step, state.val_loss
                 if on_best is not None:
                     on_best(model)
@@ -343,7 +346,7 @@ def train_model(
                 checkpoint()
                 last_save = elapsed()
     if state.history[-1]["step"] != state.step:
-        evaluate()
+        evaluate(candidate=state.stopped in ("max_steps", "max_time"))
     checkpoint()
     model.eval()
     return state
