@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,34 +171,66 @@ def test_disk_full_keeps_previous_checkpoint(
     run("generate", "Once", "-m", "m", "-n", "3")
 
 
-def test_second_writer_is_refused_and_stale_locks_are_taken(home: Path, corpus: Path) -> None:
-    models = home / "models"
-    models.mkdir(parents=True)
-    lock = models / ".m.lock"
-    lock.write_text(
-        json.dumps({"pid": os.getpid(), "command": "gpt train", "since": "2026-01-01 00:00:00"})
+HOLDER = """
+import sys
+from pathlib import Path
+from gptcli.store import ModelLock
+ModelLock(Path(sys.argv[1]), sys.argv[2], "gpt train").acquire()
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_lock(models: Path, name: str) -> subprocess.Popen:
+    """Another process holding the model's lock, through the store's own code, until killed."""
+    import gptcli
+
+    src = str(Path(gptcli.__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", HOLDER, str(models), name],
+        env={"PYTHONPATH": src},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    result = run("train", str(corpus), *RUN, code=1)
-    assert f"being written by process {os.getpid()}" in result.stderr
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_second_writer_is_refused_and_a_killed_holders_lock_is_taken(
+    home: Path, corpus: Path
+) -> None:
+    models = home / "models"
+    holder = hold_lock(models, "m")
+    try:
+        refused = gpt(home, "train", str(corpus), *RUN)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 1
+    assert re.fullmatch(
+        rf"error: model 'm' is being written by process {holder.pid} \(gpt train, since "
+        r"[0-9: -]+\); wait for it or stop it\n",
+        refused.stderr,
+    ), refused.stderr
     assert not (models / "m").exists()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
-    lock.write_text(json.dumps({"pid": int(dead), "command": "gpt train"}))
+    assert (models / ".m.lock").exists()  # the dead holder's file: no longer locked
     run("train", str(corpus), *RUN, "--max-steps", "2")
-    assert (models / "m").is_dir() and not lock.exists()  # released on exit
+    assert (models / "m").is_dir() and not (models / ".m.lock").exists()  # released on exit
 
 
 def test_finetune_respects_the_lock(trained_home: Path, tmp_path: Path) -> None:
-    lock = trained_home / "models" / ".tuned.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "command": "gpt finetune"}))
     text = tmp_path / "t.txt"
     text.write_text("more text " * 100)
+    holder = hold_lock(trained_home / "models", "tuned")
     try:
         result = run("finetune", "tiny", str(text), "--name", "tuned", code=1)
-        assert "being written by process" in result.stderr
     finally:
-        lock.unlink()
+        holder.kill()
+        holder.wait()
+        (trained_home / "models" / ".tuned.lock").unlink()  # the session's store stays as it was
+    assert f"being written by process {holder.pid}" in result.stderr
+    assert not (trained_home / "models" / "tuned").exists()
 
 
 class Boom:

@@ -144,66 +144,107 @@ def fault_point(name: str) -> None:
 _fault_counts: dict[str, int] = {}
 
 
-class ModelLock:
-    """`models/.NAME.lock`: one writer per model name; stale locks of dead processes are taken.
+def record_is_live(record: dict[str, Any]) -> bool:
+    """Whether a lock record names a live process (one of another host: assumed so).
 
-    The lock sits beside the model directory because checkpoints replace the directory whole.
+    A dead holder's record stays in the file until the next holder overwrites it.
     """
+    pid = int(record["pid"])
+    if record.get("host") not in (None, socket.gethostname()):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+class ModelLock:
+    """`models/.NAME.lock`: one writer per model name, held as an OS lock for the writer's life.
+
+    The exclusion is `flock` on the lock file itself, which the kernel drops when the holder
+    dies, so a killed writer's lock is free at once and any process that flocks the file is
+    respected. The JSON record inside only names the holder in the error. The lock sits beside
+    the model directory because checkpoints replace the directory whole.
+    """
+
+    record_wait = 2.0  # seconds a newcomer waits for a new holder to write its record
 
     def __init__(self, store_models: Path, name: str, command: str) -> None:
         self.path = store_models / f".{name}.lock"
         self.name = name
         self.command = command
-        self.held = False
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> ModelLock:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise GptError(self.busy_message()) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # a releasing holder unlinks the file after we opened it: ours is then an orphan
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": self.command,
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None:
-                    raise GptError(
-                        f"model {self.name!r} is being written by process {holder.get('pid')} "
-                        f"({holder.get('command', '?')}, since {holder.get('since', '?')}); "
-                        "wait for it or stop it"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self.held = True
-            return self
-        raise GptError(f"cannot lock model {self.name!r} ({self.path})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self.fd = fd
+        return self
+
+    def busy_message(self) -> str:
+        holder = self.holder()
+        if holder is None:
+            who = "another process"
+        else:
+            who = (
+                f"process {holder.get('pid')} ({holder.get('command', '?')}, "
+                f"since {holder.get('since', '?')})"
+            )
+        return f"model {self.name!r} is being written by {who}; wait for it or stop it"
 
     def holder(self) -> dict[str, Any] | None:
-        """The live process holding the lock, or None when the lock is stale or unreadable."""
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
-            pid = int(record["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if record.get("host") not in (None, socket.gethostname()):
-            return record  # another machine's process: cannot check, so respect it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return record
+        """The holder's record; it writes it just after taking the lock, so wait a little."""
+        deadline = time.monotonic() + self.record_wait
+        while True:
+            try:
+                record = json.loads(self.path.read_text(encoding="utf-8"))
+                if isinstance(record, dict) and record_is_live(record):
+                    return record
+            except (OSError, ValueError, TypeError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: see the check in acquire
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> ModelLock:
         return self.acquire()
