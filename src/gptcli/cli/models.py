@@ -8,11 +8,13 @@ import typer
 
 from gptcli.cli.console import info, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.usage import Command, Group
 
 app = typer.Typer(
     help="List, inspect, remove and choose stored models; import and export Hugging Face "
     "GPT-2.\n\nExample: gpt models list",
     no_args_is_help=True,
+    cls=Group,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
@@ -117,6 +119,7 @@ def human_time(seconds: float | None) -> str:
 
 @app.command(
     "list",
+    cls=Command,
     help="Stored models, newest first: parameters, context, last validation loss, size on disk "
     "and date. Runs that have not saved a model yet are listed as training.\n\n"
     "Example: gpt models list --json",
@@ -192,7 +195,7 @@ Example: gpt models show stories --plot stories-loss.png
 """
 
 
-@app.command("show", help=SHOW_HELP)
+@app.command("show", help=SHOW_HELP, cls=Command)
 def show_cmd(
     name: Annotated[
         str | None,
@@ -347,7 +350,9 @@ def write_plot(path: Any, name: str, history: list[dict[str, Any]]) -> None:
         plt.close(fig)
 
 
-@app.command("rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model")
+@app.command(
+    "rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model", cls=Command
+)
 def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
     from gptcli.store import ModelStore
 
@@ -359,7 +364,9 @@ def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
 
 
 @app.command(
-    "default", help="Show or set the default model.\n\nExample: gpt models default stories"
+    "default",
+    cls=Command,
+    help="Show or set the default model.\n\nExample: gpt models default stories",
 )
 def default_cmd(
     name: Annotated[
@@ -394,7 +401,7 @@ Example: gpt models import ~/models/gpt2 --name gpt2
 """
 
 
-@app.command("import", help=IMPORT_HELP)
+@app.command("import", help=IMPORT_HELP, cls=Command)
 def import_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Hugging Face GPT-2 directory.")],
     name: Annotated[
@@ -430,7 +437,7 @@ Example: gpt models export stories ./stories-hf
 """
 
 
-@app.command("export", help=EXPORT_HELP)
+@app.command("export", help=EXPORT_HELP, cls=Command)
 def export_cmd(
     name: Annotated[
         str,
