@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from gptcli.config import ModelConfig
+from gptcli.config import ModelConfig, weights_mismatch
 from gptcli.errors import GptError
 from gptcli.model import FORMAT_VERSION, GPT
 from gptcli.store import atomic_path, read_json, write_json_atomic, write_text_atomic
@@ -78,6 +78,9 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedMod
         config = read_config(directory)
         tokenizer = Tokenizer.load(directory / "tokenizer.json")
         weights = read_weights(directory / "model.safetensors")
+    mismatch = weights_mismatch(config, {k: tuple(v.shape) for k, v in weights.items()})
+    if mismatch:  # before the model is built: a wrong config could ask for terabytes
+        raise GptError(f"{directory}: {mismatch}")
     if tokenizer.vocab_size > config.vocab_size:
         raise GptError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.store import ModelStore, read_json, safetensors_header, write_json_atomic
+from gptcli.store import (
+    ModelStore,
+    disk_full_message,
+    is_disk_full,
+    read_json,
+    safetensors_header,
+    write_json_atomic,
+)
 from gptcli.tokenizer import EOT, Tokenizer
 
 if TYPE_CHECKING:
@@ -262,6 +269,12 @@ def import_hf_dir(directory: Path, name: str, force: bool = False) -> dict[str, 
     try:
         write_model_dir(staging, loaded.model, loaded.tokenizer, info)
         store.commit_dir(staging, target, force=force)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        size = sum(t.numel() * t.element_size() for t in loaded.model.weights().values())
+        raise GptError(disk_full_message(store.models_dir, size, f"model {name!r}")) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if store.default_name() is None:

@@ -10,6 +10,7 @@ Layout (see DESIGN.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -115,6 +116,29 @@ def count_parameters(path: Path) -> int:
                 count *= dim
             total += count
     return total
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota, as an OSError or as safetensors reports it (its own error type)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def disk_full_message(where: Path, needed: int, what: str) -> str:
+    """`the disk is full: ...`, saying where, what it needs and what is free."""
+    try:
+        free = f", {human_bytes(shutil.disk_usage(where).free)} free"
+    except OSError:
+        free = ""
+    return f"the disk is full: {what} needs about {human_bytes(needed)} in {where}{free}"
 
 
 def swap_path(target: Path) -> Path:

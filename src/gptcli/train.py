@@ -715,7 +715,7 @@ class CheckpointWriter:
         import shutil
 
         from gptcli.checkpoint import save_train_state, write_model_dir
-        from gptcli.store import fault_point
+        from gptcli.store import disk_full_message, fault_point, is_disk_full
 
         result = {
             "steps": state.step,
@@ -740,11 +740,19 @@ class CheckpointWriter:
             )
             fault_point("staged")
             self.store.commit_dir(staging, self.store.model_dir(self.name), force=self.replace)
-        except OSError as exc:
-            raise GptError(
-                f"could not save the checkpoint at step {state.step} "
-                f"({exc.strerror or exc}); {self.kept()}"
-            ) from None
+        except Exception as exc:
+            if is_disk_full(exc):
+                shutil.rmtree(staging, ignore_errors=True)  # to report what is free without it
+                full = disk_full_message(
+                    self.store.models_dir, checkpoint_bytes(model, optimizers), "the checkpoint"
+                )
+                raise GptError(f"{full}; step {state.step} was not saved, {self.kept()}") from None
+            if isinstance(exc, OSError):
+                raise GptError(
+                    f"could not save the checkpoint at step {state.step} "
+                    f"({exc.strerror or exc}); {self.kept()}"
+                ) from None
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.replace = True  # from now on we replace our own checkpoint
@@ -755,6 +763,14 @@ class CheckpointWriter:
         if self.last:
             return f"the previous checkpoint (step {self.last['steps']}) is kept"
         return "no checkpoint had been saved yet"
+
+
+def checkpoint_bytes(model: GPT, optimizers: list[torch.optim.Optimizer]) -> int:
+    """About what a checkpoint takes on disk: weights and optimizer state."""
+    tensors = [*model.weights().values()]
+    for opt in optimizers:
+        tensors += [v for entry in opt.state.values() for v in entry.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def run_and_store(

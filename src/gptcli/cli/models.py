@@ -30,8 +30,9 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     are None and `weights` is False.
     """
     from gptcli import hf
-    from gptcli.config import ModelConfig
-    from gptcli.store import count_parameters, read_json
+    from gptcli.config import ModelConfig, weights_mismatch
+    from gptcli.errors import GptError
+    from gptcli.store import count_parameters, read_json, safetensors_header
 
     config: Any = None
     params = None
@@ -40,6 +41,11 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
         params = hf.count_hf_parameters(path)
     elif (path / "config.json").is_file():
         config = ModelConfig.from_dict(read_json(path / "config.json"))
+        header = safetensors_header(path / "model.safetensors")
+        shapes = {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}
+        mismatch = weights_mismatch(config, shapes)
+        if mismatch:
+            raise GptError(f"{path}: {mismatch}")
         params = count_parameters(path / "model.safetensors")
     info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
     result = info.get("result", {})
@@ -84,6 +90,20 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     }
 
 
+def damage(error: str) -> str:
+    """A few words for `gpt models list` on what is wrong with a model (`models show`: all)."""
+    if "the weights have" in error:
+        return "wrong config.json"
+    if error.startswith("model config:"):
+        return "impossible config"
+    if "model.safetensors" in error:
+        return "weights missing" if "missing" in error else "bad weights file"
+    for name in ("config.json", "train.json"):
+        if name in error:
+            return f"{name} missing" if "missing" in error else f"bad {name}"
+    return "unreadable"
+
+
 def data_summary(data: dict[str, Any]) -> dict[str, Any]:
     """Files, bytes, and the tokens or examples on each side of the split."""
     files = data.get("files", [])
@@ -126,6 +146,7 @@ def human_time(seconds: float | None) -> str:
 )
 def list_cmd(json_out: JsonOption = False) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from gptcli.errors import GptError
     from gptcli.store import ModelStore
@@ -137,7 +158,7 @@ def list_cmd(json_out: JsonOption = False) -> None:
         try:
             row = summarize(store.model_dir(name), default)
         except GptError as exc:
-            row = {"name": name, "error": str(exc), "created": ""}
+            row = {"name": name, "damaged": damage(str(exc)), "error": str(exc), "created": ""}
         row.pop("history", None)  # the curve is `gpt models show`'s
         rows.append(row)
 
@@ -162,8 +183,9 @@ def list_cmd(json_out: JsonOption = False) -> None:
         table.add_column(column, justify="right" if column in ("params", "val loss") else "left")
     for r in rows:
         mark = "* " if r["name"] == default else "  "
-        if "error" in r:
-            table.add_row(mark + r["name"], f"[red]{r['error']}[/red]")
+        if "damaged" in r:
+            damaged = Text(f"damaged: {r['damaged']}", style="red")
+            table.add_row(mark + r["name"], damaged, "-", "-", "-", "-", "-")
             continue
         val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
         table.add_row(
