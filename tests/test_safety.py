@@ -7,8 +7,10 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +98,97 @@ def test_kill_9_then_resume_equals_uninterrupted(
     weights = load_file(str(home / "models/m/model.safetensors"))
     assert all(torch.equal(weights[k], v) for k, v in uninterrupted["weights"].items())
     assert not list((home / "models").glob(".*"))  # no staging or swap leftovers
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT"])
+def test_sigterm_and_ctrl_c_save_at_the_step_then_resume_equals_uninterrupted(
+    tmp_path: Path, corpus: Path, uninterrupted: dict, sig: str
+) -> None:
+    home = tmp_path / "store"
+    stopped = gpt(home, "train", str(corpus), *RUN, fault=f"step:13:{sig}")  # during step 13
+    assert stopped.returncode == 0, stopped.stderr
+    summary = json.loads(stopped.stdout)
+    assert summary["steps"] == 13 and summary["stopped"] == "interrupted"
+    assert checkpoint_step(home / "models/m") == 13  # saved then, not at the last checkpoint (10)
+    resumed = gpt(home, "train", str(corpus), *RUN, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["val_loss"] == uninterrupted["summary"]["val_loss"]
+    weights = load_file(str(home / "models/m/model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in uninterrupted["weights"].items())
+
+
+def wait_for_step(train_json: Path, step: int, proc: subprocess.Popen) -> None:
+    """Until the run's live metrics (train.json) show an evaluation at `step` or later."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            history = json.loads(train_json.read_text())["history"]
+            if history and history[-1]["step"] >= step:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the run did not reach step {step}: {proc.poll()}")
+
+
+def test_sigterm_from_outside_saves_and_resumes(home: Path, corpus: Path) -> None:
+    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5"]
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "train", str(corpus), *far],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_step(home / "models/m/train.json", 5, proc)
+        proc.send_signal(signal.SIGTERM)  # as slurm, docker stop or systemd would
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
+    assert checkpoint_step(home / "models/m") == summary["steps"]
+    more = str(summary["steps"] + 3)
+    resumed = gpt(home, "train", str(corpus), *far, "--resume", "--max-steps", more)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == summary["steps"] + 3
+
+
+def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_one_step(
+    home: Path, corpus: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5"]
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+         f"--master-port={port}", "--master-addr=127.0.0.1",
+         "-m", "gptcli", "train", str(corpus), *far, "--device", "cpu"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_step(home / "models/m/train.json", 5, launcher)
+        ranks = {}
+        for child in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = next(v for v in environ if v.startswith(b"RANK="))
+            ranks[int(rank[5:])] = int(child)
+        os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 must learn of it and agree
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    summary = json.loads(lines[0])
+    assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
+    assert checkpoint_step(home / "models/m") == summary["steps"]
 
 
 def poison_loss_after(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int]) -> None:

@@ -154,15 +154,17 @@ def recover_swap(target: Path) -> None:
 
 
 def fault_point(name: str) -> None:
-    """For crash tests: GPTCLI_FAULT=NAME:N kills this process (SIGKILL) at the Nth pass here."""
+    """For crash tests: GPTCLI_FAULT=NAME:N kills this process (SIGKILL) at the Nth pass here;
+    NAME:N:TERM or NAME:N:INT sends it that signal instead."""
     spec = os.environ.get("GPTCLI_FAULT")
     if not spec or spec.split(":")[0] != name:
         return
     count = _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if count == int(spec.split(":")[1]):
+    parts = spec.split(":")
+    if count == int(parts[1]):
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, "SIG" + (parts[2] if len(parts) > 2 else "KILL")))
 
 
 _fault_counts: dict[str, int] = {}

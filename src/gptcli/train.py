@@ -2,7 +2,9 @@
 
 The learning-rate schedule runs on progress = max(step / max_steps, elapsed / max_time), so a
 run bounded by time decays its learning rate on time, and still ends on a cooled-down model.
-Ctrl+C asks the loop to stop at the end of the current step and save (a second one aborts).
+Ctrl+C or SIGTERM (what schedulers, `docker stop` and `torchrun` send) asks the loop to stop at
+the end of the current step and save; a second signal aborts. Under torchrun the ranks agree on
+every step whether and why to stop, so they all stop at the same step.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.monitor import discard_unsaved, monitor_for, new_run_id, prompt_from
 from gptcli.optim import make_muon, split_parameters
-from gptcli.store import ModelStore, write_text_atomic
+from gptcli.store import ModelStore, fault_point, write_text_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
 DEFAULT_MAX_STEPS = 2000
@@ -86,8 +88,11 @@ class TrainState:
     train_loss: float | None = None  # smoothed
     val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = ""  # "max_steps", "max_time" or "interrupted" once finished
+    stopped: str = ""  # one of STOP_REASONS once finished
     skipped: int = 0  # batches whose loss was not finite, left out
+
+
+STOP_REASONS = ("", "max_steps", "max_time", "interrupted")  # Ctrl+C and SIGTERM: interrupted
 
 
 class Diverged(GptError):
@@ -141,6 +146,16 @@ class Distributed:
         value = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of every rank's value, on every rank."""
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.long, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def barrier(self) -> None:
         if self.enabled:
@@ -218,8 +233,9 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None):  # type: 
 
 
 @contextlib.contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl+C sets the event (the loop stops after its step and saves); a second aborts."""
+def stop_on_signal() -> Iterator[threading.Event]:
+    """The first Ctrl+C or SIGTERM sets the event (the loop stops after its step and saves); a
+    second one of either aborts."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
@@ -230,11 +246,12 @@ def stop_on_sigint() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         event.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, Batches], None]
@@ -335,7 +352,7 @@ def train_model(
     if not state.history:
         evaluate()  # the starting point of the loss curve
     model.train()
-    with stop_on_sigint() as interrupted:
+    with stop_on_signal() as interrupted:
         while True:
             reason = ""
             if max_steps is not None and state.step >= max_steps:
@@ -344,9 +361,12 @@ def train_model(
                 reason = "max_time"
             elif interrupted.is_set():
                 reason = "interrupted"
-            if dist.any(bool(reason), device):
-                state.stopped = reason or "stopped by another process"
+            # one all-reduce a step: every rank stops at the same step, for the same reason
+            agreed = dist.max(STOP_REASONS.index(reason), device)
+            if agreed:
+                state.stopped = STOP_REASONS[agreed]
                 break
+            fault_point("step")
             factor = lr_factor(progress(), state.step, cfg)
             for opt in optimizers:
                 for group in opt.param_groups:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -245,6 +247,27 @@ def train_settings(cfg: Any) -> dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if k != "max_time"}
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop) acts as Ctrl+C: before and after the training loop it ends
+    the command as `error: interrupted`; inside the loop it stops after the step and saves."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach it only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(job: Any, quiet: bool, json_out: bool) -> None:
     """Runs a training job (a callable taking observer and log) and prints its summary.
 
@@ -252,7 +275,7 @@ def run_training(job: Any, quiet: bool, json_out: bool) -> None:
     """
     main_process = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_process
-    with TrainProgress(quiet) as progress:
+    with sigterm_as_ctrl_c(), TrainProgress(quiet) as progress:
         summary = job(progress, lambda m: info(m, quiet))
     if not main_process:
         return
