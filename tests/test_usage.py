@@ -100,6 +100,7 @@ USAGE_LINES = {
     ("models", "list"): "gpt models list [OPTIONS]",
     ("models", "show"): "gpt models show [OPTIONS] [NAME]",
     ("models", "rm"): "gpt models rm [OPTIONS] NAME",
+    ("models", "prune"): "gpt models prune [OPTIONS] NAME",
     ("models", "default"): "gpt models default [OPTIONS] [NAME]",
     ("models", "import"): "gpt models import [OPTIONS] DIR",
     ("models", "export"): "gpt models export [OPTIONS] NAME DIR",

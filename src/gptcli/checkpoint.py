@@ -138,14 +138,30 @@ def save_train_state(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def check_resumable(directory: Path) -> None:
+    """Refuses --resume, saying why, for a model without its optimizer state."""
+    if (directory / "train_state.safetensors").is_file():
+        return
+    info = directory / "train.json"
+    dropped = info.is_file() and read_json(info).get("train_state") == "dropped"
+    why = (
+        "its training state was dropped (by --no-train-state or `gpt models prune`)"
+        if dropped
+        else "it has no training state (train_state.safetensors)"
+    )
+    raise GptError(
+        f"cannot resume {directory.name!r}: {why}, and the optimizer cannot continue without it; "
+        f"fine-tune from it instead (gpt finetune {directory.name} DATA --name NEW)"
+    )
+
+
 def load_train_state(
     path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
 ) -> dict[str, Any]:
     """Restores optimizers and RNGs in place; returns the saved loop state."""
     from safetensors import SafetensorError, safe_open
 
-    if not path.is_file():
-        raise GptError(f"{path.parent.name} has no training state to resume from")
+    check_resumable(path.parent)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

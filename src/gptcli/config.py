@@ -172,6 +172,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"  # bfloat16 autocast on CUDA, float32 elsewhere
     compile: bool | None = None  # None: on for CUDA, off otherwise
+    train_state: bool = True  # keep the optimizer state once the run has ended (for --resume)
     val_fraction: float = 0.1
     sample_every: int | None = None  # steps between printed samples; 0 never; None automatic
     sample_prompt: str | None = None  # None: the opening words of the training text

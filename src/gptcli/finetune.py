@@ -255,7 +255,7 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Loads BASE, adapts it to the task, trains it with the common loop, stores it as NAME."""
     from gptcli.chat import ChatTemplate, add_chat_tokens
-    from gptcli.checkpoint import load_model, load_train_state
+    from gptcli.checkpoint import check_resumable, load_model, load_train_state
     from gptcli.lora import apply_lora
 
     dist = Distributed()
@@ -267,6 +267,8 @@ def run_finetune(
     exists = store.exists(request.name)
     if request.resume and not exists:
         raise GptError(f"no model named {request.name!r} to resume (drop --resume to start one)")
+    if request.resume:
+        check_resumable(target)  # before any data is read
     if exists and not (request.force or request.resume):
         raise GptError(
             f"a model named {request.name!r} already exists "
@@ -396,6 +398,7 @@ def run_finetune(
         base_info,
         replace=request.force or request.resume or claimed,
         extra_files=extra_files,
+        keep_train_state=cfg.train_state,
     )
     run_and_store(
         model,

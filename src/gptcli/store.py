@@ -376,6 +376,26 @@ class ModelStore:
         if (self.home / "default").is_file() and self.default_name() is None:
             (self.home / "default").unlink(missing_ok=True)
 
+    def drop_train_state(self, name: str) -> int:
+        """Deletes a stored model's optimizer state (under its lock); returns the bytes freed.
+
+        train.json notes it, so that --resume can say why it cannot continue.
+        """
+        directory = self.model_dir(name)
+        if not (directory / "config.json").is_file():
+            raise GptError(f"no model named {name!r} in the store (see `gpt models list`)")
+        with ModelLock(self.models_dir, name, "gpt models prune"):
+            state = directory / "train_state.safetensors"
+            if not state.is_file():
+                return 0
+            size = state.stat().st_size
+            info_path = directory / "train.json"
+            if info_path.is_file():
+                write_json_atomic(info_path, read_json(info_path) | {"train_state": "dropped"})
+            state.unlink()
+            fsync_dir(directory)
+            return size
+
     def tokenizer_path(self, ref: str) -> Path:
         """A stored tokenizer name or a tokenizer.json path -> its file."""
         path = Path(ref).expanduser()

@@ -545,7 +545,7 @@ def run_train_from_scratch(
 
     With `resume`, the stored model's weights, optimizer and RNG states continue exactly.
     """
-    from gptcli.checkpoint import load_model, load_train_state
+    from gptcli.checkpoint import check_resumable, load_model, load_train_state
 
     dist = Distributed()
     if not dist.is_main:
@@ -554,6 +554,8 @@ def run_train_from_scratch(
     exists = store.exists(request.name)
     if request.resume and not exists:
         raise GptError(f"no model named {request.name!r} to resume (drop --resume to start one)")
+    if request.resume:
+        check_resumable(target)  # before any data is read
     if exists and not (request.force or request.resume):
         raise GptError(
             f"a model named {request.name!r} already exists "
@@ -652,6 +654,7 @@ def run_train_from_scratch(
         tokenizer,
         base_info,
         replace=request.force or request.resume or claimed,
+        keep_train_state=cfg.train_state,
     )
     run_and_store(
         model,
@@ -719,9 +722,11 @@ class CheckpointWriter:
         info: dict,
         replace: bool,
         extra_files: dict[str, str] | None = None,
+        keep_train_state: bool = True,
     ) -> None:
         self.store, self.name, self.tokenizer, self.info = store, name, tokenizer, info
         self.replace = replace
+        self.keep_train_state = keep_train_state  # False: dropped once the run has ended
         self.extra_files = extra_files or {}
         self.last: dict[str, Any] = {}
 
@@ -746,18 +751,23 @@ class CheckpointWriter:
             "stopped": state.stopped or "running",
         }
         info = self.info | {"result": result, "history": state.history}
+        # a finished run may drop its optimizer state; an interrupted one keeps it to resume
+        drop_state = not self.keep_train_state and state.stopped in ("max_steps", "max_time")
+        if drop_state:
+            info["train_state"] = "dropped"
         fault_point("save")
         staging = self.store.staging_dir(self.store.models_dir, self.name)
         try:
             write_model_dir(staging, model, self.tokenizer, info)
             for filename, text in self.extra_files.items():
                 write_text_atomic(staging / filename, text)
-            save_train_state(
-                staging / "train_state.safetensors",
-                optimizers,
-                dataclasses.asdict(state),
-                batches.generator,
-            )
+            if not drop_state:
+                save_train_state(
+                    staging / "train_state.safetensors",
+                    optimizers,
+                    dataclasses.asdict(state),
+                    batches.generator,
+                )
             fault_point("staged")
             self.store.commit_dir(staging, self.store.model_dir(self.name), force=self.replace)
         except Exception as exc:

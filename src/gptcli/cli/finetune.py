@@ -38,6 +38,7 @@ from gptcli.cli.train import (
     Schedule,
     Seed,
     SkipNonfinite,
+    TrainStateFlag,
     ValFraction,
     WarmupSteps,
     WeightDecay,
@@ -109,6 +110,7 @@ def finetune(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    train_state: TrainStateFlag = None,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -149,6 +151,7 @@ def finetune(
         device=device,
         dtype=dtype,
         compile=compile,
+        train_state=train_state,
     )
     if name is not None:
         check_name(name)

@@ -1,4 +1,4 @@
-"""`gpt models list|show|rm|default|import|export`: the model store, and Hugging Face GPT-2."""
+"""`gpt models list|show|rm|prune|default|import|export`: the store, and Hugging Face GPT-2."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gptcli.cli.options import complete_model_name
 from gptcli.cli.usage import Command, Group
 
 app = typer.Typer(
-    help="List, inspect, remove and choose stored models; import and export Hugging Face "
+    help="List, inspect, remove, prune and choose stored models; import and export Hugging Face "
     "GPT-2.\n\nExample: gpt models list",
     no_args_is_help=True,
     cls=Group,
@@ -50,6 +50,10 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+    def file_size(name: str) -> int | None:
+        return (path / name).stat().st_size if (path / name).is_file() else None
+
     files = info.get("data", {}).get("files", [])
     paths = [f.get("path") if isinstance(f, dict) else f for f in files]
 
@@ -85,6 +89,8 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
         "stopped": result.get("stopped"),
         "created": info.get("created"),
         "size_bytes": size,
+        "weights_bytes": file_size("model.safetensors"),
+        "train_state_bytes": file_size("train_state.safetensors"),
         "config": info.get("config"),
         "history": info.get("history", []),
     }
@@ -210,7 +216,8 @@ that `gpt train --config` reads). A run still training shows its progress so far
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
 train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
-stopped (max_steps, max_time, interrupted, running), created, size_bytes, config (the run's
+stopped (max_steps, max_time, interrupted, running), created, size_bytes, weights_bytes,
+train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr).
 
 Example: gpt models show stories --plot stories-loss.png
@@ -313,6 +320,13 @@ def print_summary(row: dict[str, Any]) -> None:
     if row["created"]:
         lines.append(("created", row["created"].replace("T", " ")))
     lines.append(("size", f"{human_count(row['size_bytes'])}B on disk, {row['path']}"))
+    if row["weights_bytes"] is not None:
+        lines.append(("", f"weights {human_count(row['weights_bytes'])}B"))
+    if row["train_state_bytes"] is not None:
+        state = human_count(row["train_state_bytes"])
+        lines.append(("", f"training state {state}B, for --resume (gpt models prune drops it)"))
+    elif row["weights"]:
+        lines.append(("", "no training state: --resume cannot continue this model"))
 
     title = Text(row["name"], style="bold")
     if row["default"]:
@@ -383,6 +397,30 @@ def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
         print_json({"removed": name})
     else:
         typer.echo(f"removed {name}")
+
+
+PRUNE_HELP = """Drop a model's training state, keeping the model.
+
+The training state (optimizer moments, RNG and step) is what --resume needs: one to two times
+the size of the weights (Muon keeps one moment per weight, AdamW two). Without it the model
+generates, evaluates and fine-tunes as before, but --resume cannot continue it.
+`gpt train --no-train-state` does not keep it in the first place.
+
+Example: gpt models prune stories
+"""
+
+
+@app.command("prune", help=PRUNE_HELP, cls=Command)
+def prune_cmd(name: ModelName, json_out: JsonOption = False) -> None:
+    from gptcli.store import ModelStore
+
+    freed = ModelStore().drop_train_state(name)
+    if json_out:
+        print_json({"pruned": name, "freed_bytes": freed})
+    elif freed:
+        typer.echo(f"pruned {name}: dropped {human_count(freed)}B of training state")
+    else:
+        typer.echo(f"{name} has no training state to drop")
 
 
 @app.command(

@@ -212,6 +212,15 @@ Compile = Annotated[
     bool | None,
     typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA)."),
 ]
+TrainStateFlag = Annotated[
+    bool | None,
+    typer.Option(
+        "--train-state/--no-train-state",
+        help="Keep the optimizer state (1-2x the weights' size) once the run ends, so that "
+        "--resume can continue it (default: keep). An interrupted run keeps it either way.",
+        show_default=False,
+    ),
+]
 Resume = Annotated[
     bool,
     typer.Option(
@@ -332,6 +341,7 @@ def train(
     device: Device = None,
     dtype: Dtype = None,
     compile: Compile = None,
+    train_state: TrainStateFlag = None,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -373,6 +383,7 @@ def train(
         device=device,
         dtype=dtype,
         compile=compile,
+        train_state=train_state,
     )
     name = check_name(name) if name is not None else (default_name(inputs) if inputs else None)
     settings = resolved_config(
