@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from gptcli.cli.console import info, out, print_json
 from gptcli.cli.options import complete_model_name
 from gptcli.cli.usage import Command, Group
+from gptcli.errors import GptError
 
 app = typer.Typer(
     help="List, inspect, remove, prune and choose stored models; import and export Hugging Face "
@@ -23,7 +25,7 @@ ModelName = Annotated[
 ]
 
 
-def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
+def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
     """What the store knows of a model, from its JSON files alone (no weights loaded).
 
     A run still training before its first checkpoint has only train.json: its shape fields
@@ -31,7 +33,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     """
     from gptcli import hf
     from gptcli.config import ModelConfig, weights_mismatch
-    from gptcli.errors import GptError
+    from gptcli.record import read_record
     from gptcli.store import count_parameters, read_json, safetensors_header
 
     config: Any = None
@@ -47,7 +49,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
         if mismatch:
             raise GptError(f"{path}: {mismatch}")
         params = count_parameters(path / "model.safetensors")
-    info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
+    info = read_record(path)
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
@@ -154,7 +156,6 @@ def list_cmd(json_out: JsonOption = False) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -242,8 +243,6 @@ def show_cmd(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
-
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -352,10 +351,8 @@ def fmt_loss(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
 
 
-def write_plot(path: Any, name: str, history: list[dict[str, Any]]) -> None:
+def write_plot(path: Path, name: str, history: list[dict[str, Any]]) -> None:
     """The loss curve as an image, through matplotlib (an optional extra)."""
-    from gptcli.errors import GptError
-
     try:
         import matplotlib
 
@@ -435,7 +432,6 @@ def default_cmd(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -470,13 +466,11 @@ def import_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
-
-    from gptcli.hf import import_hf_dir
-    from gptcli.store import check_name
+    from gptcli.interop import import_hf_dir
+    from gptcli.store import ModelStore, check_name
 
     path = Path(directory).expanduser()
-    summary = import_hf_dir(path, check_name(name or path.resolve().name), force)
+    summary = import_hf_dir(path, check_name(name or path.resolve().name), force, ModelStore())
     if json_out:
         print_json(summary)
         return
@@ -507,11 +501,10 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
+    from gptcli.interop import export_hf_dir
+    from gptcli.store import ModelStore
 
-    from gptcli.hf import export_hf_dir
-
-    summary = export_hf_dir(name, Path(directory).expanduser(), force)
+    summary = export_hf_dir(name, Path(directory).expanduser(), force, ModelStore())
     if json_out:
         print_json(summary)
         return
