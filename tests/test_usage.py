@@ -92,6 +92,7 @@ USAGE_LINES = {
     ("chat",): "gpt chat [OPTIONS]",
     ("eval",): "gpt eval [OPTIONS] [MODEL...]",
     ("classify",): "gpt classify [OPTIONS] [TEXT]",
+    ("serve",): "gpt serve [OPTIONS]",
     ("tokenize",): "gpt tokenize [OPTIONS] COMMAND [ARGS]...",
     ("tokenize", "train"): "gpt tokenize train [OPTIONS] FILE_OR_DIR...",
     ("tokenize", "encode"): "gpt tokenize encode [OPTIONS] [TEXT]",

@@ -108,7 +108,7 @@ def root(
 
 
 def register() -> None:
-    from gptcli.cli import chat, classify, finetune, generate, models, tokenize, train
+    from gptcli.cli import chat, classify, finetune, generate, models, serve, tokenize, train
     from gptcli.cli import eval as eval_cmd
 
     app.command("train", help=train.HELP, cls=Command)(train.train)
@@ -117,6 +117,7 @@ def register() -> None:
     app.command("chat", help=chat.HELP, cls=Command)(chat.chat)
     app.command("eval", help=eval_cmd.HELP, cls=Command)(eval_cmd.evaluate)
     app.command("classify", help=classify.HELP, cls=Command)(classify.classify)
+    app.command("serve", help=serve.HELP, cls=Command)(serve.serve)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")
 
