@@ -14,7 +14,7 @@ from gptcli import hf
 from gptcli.checkpoint import load_model, write_model_dir
 from gptcli.errors import GptError
 from gptcli.record import RunRecord
-from gptcli.store import ModelStore
+from gptcli.store import ModelStore, disk_full_message, is_disk_full
 
 
 def import_hf_dir(directory: Path, name: str, force: bool, store: ModelStore) -> dict[str, Any]:
@@ -30,8 +30,14 @@ def import_hf_dir(directory: Path, name: str, force: bool, store: ModelStore) ->
         )
     loaded = load_model(directory)  # validates shapes and vocabulary, the one loader
     record = RunRecord("import", source=str(directory.resolve()), tokenizer=loaded.tokenizer.kind)
-    with store.staged(target, force=force) as staging:
-        write_model_dir(staging, loaded.model, loaded.tokenizer, record.to_dict())
+    try:
+        with store.staged(target, force=force) as staging:
+            write_model_dir(staging, loaded.model, loaded.tokenizer, record.to_dict())
+    except Exception as exc:  # the staging directory is gone by now: what is free is free
+        if not is_disk_full(exc):
+            raise
+        size = sum(t.numel() * t.element_size() for t in loaded.model.weights().values())
+        raise GptError(disk_full_message(store.models_dir, size, f"model {name!r}")) from None
     if store.default_name() is None:
         store.set_default(name)
     return {
