@@ -1,4 +1,4 @@
-"""`gpt models list|show|rm|default|import|export`: the model store, and Hugging Face GPT-2."""
+"""`gpt models list|show|rm|default|import|export`: the model store, Hugging Face and GGUF."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gptcli.cli.options import complete_model_name
 
 app = typer.Typer(
     help="List, inspect, remove and choose stored models; import and export Hugging Face "
-    "GPT-2.\n\nExample: gpt models list",
+    "models, export GGUF.\n\nExample: gpt models list",
     no_args_is_help=True,
 )
 
@@ -420,13 +420,22 @@ def import_cmd(
     info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
 
 
-EXPORT_HELP = """Write a gpt2-family model as a Hugging Face GPT-2 directory.
+EXPORT_HELP = """Write a model for transformers (a directory) or llama.cpp and ollama (FILE.gguf).
 
-transformers loads the result with GPT2LMHeadModel.from_pretrained(DIR) and
-AutoTokenizer.from_pretrained(DIR) and computes the same logits. Models of the modern family
-(rotary, RMSNorm) have no GPT-2 equivalent and are refused.
+A directory: transformers loads it with AutoModelForCausalLM.from_pretrained(DIR) and
+AutoTokenizer.from_pretrained(DIR) and computes the same logits: GPT2LMHeadModel for the gpt2
+family, NanoChatForCausalLM (transformers >= 5) for the default modern family. The chat
+template travels as the tokenizer's Jinja chat_template. `gpt models import DIR` reads it back
+bit for bit.
 
-Example: gpt models export stories ./stories-hf
+A .gguf file (or --format gguf; needs pip install 'gptcli[gguf]'): llama.cpp's gpt2
+architecture, so gpt2-family models with a BPE tokenizer only (llama.cpp has no architecture
+for the modern family). --dtype float32 (default), float16, bfloat16 or q8_0; --ollama also
+writes an ollama Modelfile beside it. Classifiers are refused.
+
+Examples:
+  gpt models export stories ./stories-hf
+  gpt models export shakespeare shakespeare.gguf --dtype q8_0 --ollama
 """
 
 
@@ -436,15 +445,40 @@ def export_cmd(
         str,
         typer.Argument(help="Model name or directory.", autocompletion=complete_model_name),
     ],
-    directory: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
+    target: Annotated[
+        str, typer.Argument(metavar="DIR|FILE.gguf", help="Directory or GGUF file to write.")
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="hf or gguf (default: gguf for a .gguf target, else hf)."),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="GGUF weights: float32, float16, bfloat16 or q8_0.")
+    ] = "float32",
+    ollama: Annotated[
+        bool, typer.Option("--ollama", help="GGUF: also write an ollama Modelfile beside it.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace what is at the target.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     from pathlib import Path
 
-    from gptcli.hf import export_hf_dir
+    from gptcli.errors import GptError
 
-    summary = export_hf_dir(name, Path(directory).expanduser(), force)
+    path = Path(target).expanduser()
+    kind = format or ("gguf" if path.suffix.lower() == ".gguf" else "hf")
+    if kind not in ("hf", "gguf"):
+        raise GptError(f"unknown --format {kind!r} (choose from hf, gguf)")
+    if kind == "gguf":
+        from gptcli.gguf_export import export_gguf
+
+        summary = export_gguf(name, path, dtype, ollama, force)
+    else:
+        from gptcli.hf import export_hf_dir
+
+        if dtype != "float32" or ollama:
+            raise GptError("--dtype and --ollama apply to GGUF exports (a .gguf target)")
+        summary = export_hf_dir(name, path, force)
     if json_out:
         print_json(summary)
         return
