@@ -300,7 +300,9 @@ def test_llama_cpp_tokenizes_and_decodes_greedily_like_us(
     lib = llama_cpp()
     path = tmp_path / f"{name}.gguf"
     run("models", "export", name, str(path), "--dtype", "float32")
-    llm = lib.Llama(model_path=str(path), n_ctx=64, n_threads=2, n_batch=64, verbose=False)
+    llm = lib.Llama(
+        model_path=str(path), n_ctx=64, n_batch=64, n_threads=2, logits_all=True, verbose=False
+    )
     tokenizer = load_model(home / "models" / name).tokenizer
     for text in [*TEXTS, ChatTemplate().render(MESSAGES, True)]:
         theirs = llm.tokenize(text.encode(), add_bos=False, special=True)

@@ -428,14 +428,15 @@ family, NanoChatForCausalLM (transformers >= 5) for the default modern family. T
 template travels as the tokenizer's Jinja chat_template. `gpt models import DIR` reads it back
 bit for bit.
 
-A .gguf file (or --format gguf; needs pip install 'gptcli[gguf]'): llama.cpp's gpt2
+A .gguf file (or --format gguf; needs the gguf package, the gguf extra): llama.cpp's gpt2
 architecture, so gpt2-family models with a BPE tokenizer only (llama.cpp has no architecture
 for the modern family). --dtype float32 (default), float16, bfloat16 or q8_0; --ollama also
 writes an ollama Modelfile beside it. Classifiers are refused.
 
 Examples:
   gpt models export stories ./stories-hf
-  gpt models export shakespeare shakespeare.gguf --dtype q8_0 --ollama
+  gpt train examples/stories --family gpt2 --name stories-gpt2 --max-time 60s
+  gpt models export stories-gpt2 stories.gguf --dtype q8_0 --ollama
 """
 
 
