@@ -216,7 +216,7 @@ def test_gguf_file_layout(dtype: str, home: Path, tmp_path: Path) -> None:
     tokenizer, model = loaded.tokenizer, loaded.model
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     tokens = fields["tokenizer.ggml.tokens"]
-    assert tokens == [tokenizer.id_to_token(i) for i in range(400)]
+    assert tokens == [tokenizer.hf.id_to_token(i) for i in range(400)]
     eot = tokenizer.eot_id
     types = fields["tokenizer.ggml.token_type"]
     assert types[eot] == gguf.TokenType.CONTROL and types.count(gguf.TokenType.NORMAL) == 399

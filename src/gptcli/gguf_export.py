@@ -15,6 +15,8 @@ prompt, as `gpt generate` adds none), and the chat template as Jinja.
 The modern family is refused: no llama.cpp architecture computes it exactly (per-head QK-norm
 with a ReLU² MLP, parameter-free norms and a norm on the embeddings). So are char tokenizers,
 whose byte-fallback vocabulary llama.cpp's BPE cannot reproduce.
+
+Pure conversion, like `hf.py`: `interop.export_gguf` resolves the model and the target.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptcli.errors import GptError
-from gptcli.store import ModelStore, atomic_path, write_text_atomic
+from gptcli.store import atomic_path
+from gptcli.tokenizer import EOT
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,11 +60,14 @@ def import_gguf() -> Any:
     return gguf
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise GptError(f"unknown GGUF --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+
+
 def check_exportable(model: GPT, tokenizer: Tokenizer, name: str) -> None:
     """Refuses, in one line, what llama.cpp cannot compute or tokenize exactly."""
     config = model.config
-    if config.labels:
-        raise GptError(f"{name} is a classifier: only language models can be exported to GGUF")
     if config.family != "gpt2":
         raise GptError(
             f"{name} is a {config.family}-family model, and llama.cpp has no architecture that "
@@ -115,7 +121,7 @@ def token_table(tokenizer: Tokenizer, vocab_size: int, gguf: Any) -> tuple[list[
     special = set(tokenizer.hf.get_added_tokens_decoder())
     tokens, types = [], []
     for i in range(vocab_size):
-        piece = tokenizer.id_to_token(i) if i < tokenizer.vocab_size else None
+        piece = tokenizer.hf.id_to_token(i) if i < tokenizer.vocab_size else None
         if piece is None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
@@ -132,12 +138,12 @@ def merges(tokenizer: Tokenizer) -> list[str]:
 
 
 def write_gguf(
-    path: Path, model: GPT, tokenizer: Tokenizer, name: str, dtype: str, chat: str
+    path: Path, model: GPT, tokenizer: Tokenizer, name: str, dtype: str, template: Template
 ) -> None:
-    """Writes `model` and `tokenizer` to `path` (atomically) as a llama.cpp gpt2 GGUF."""
+    """Writes `model`, `tokenizer` and the chat template to `path` (atomically) as a llama.cpp
+    gpt2 GGUF, its matrices in `dtype`."""
     gguf = import_gguf()
-    if dtype not in DTYPES:
-        raise GptError(f"unknown GGUF dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    check_dtype(dtype)
     config = model.config
     file_types = gguf.LlamaFileType
     file_type = {
@@ -169,7 +175,7 @@ def write_gguf(
             writer.add_eos_token_id(tokenizer.eot_id)
         writer.add_add_bos_token(False)
         writer.add_add_eos_token(False)
-        writer.add_chat_template(chat)
+        writer.add_chat_template(template.jinja())
         for key, value in model.weights().items():
             gguf_name = tensor_name(gguf, key)
             data, qtype = encode_tensor(gguf, gguf_name, value.float().cpu().numpy(), dtype)
@@ -201,42 +207,11 @@ def go_template(template: Template) -> tuple[str, list[str]]:
     return text, [template.user]
 
 
-def modelfile(gguf_path: Path, template: Template, eot: str | None) -> str:
+def modelfile(gguf_path: Path, template: Template, tokenizer: Tokenizer) -> str:
     """An ollama Modelfile for the GGUF file beside it."""
     text, stops = go_template(template)
-    if eot is not None:
-        stops.append(eot)
+    if tokenizer.eot_id is not None:
+        stops.append(EOT)
     lines = [f"FROM ./{gguf_path.name}", f'TEMPLATE """{text}"""']
     lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stops]
     return "\n".join(lines) + "\n"
-
-
-def export_gguf(
-    ref: str, path: Path, dtype: str = "float32", ollama: bool = False, force: bool = False
-) -> dict[str, Any]:
-    """Writes the stored model `ref` to the GGUF file `path` (and a Modelfile); a summary."""
-    from gptcli.chat import load_template
-    from gptcli.checkpoint import load_model
-    from gptcli.tokenizer import EOT
-
-    import_gguf()
-    if dtype not in DTYPES:
-        raise GptError(f"unknown GGUF dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    loaded = load_model(ModelStore().resolve(ref))
-    check_exportable(loaded.model, loaded.tokenizer, loaded.name)
-    path = path.absolute()
-    if path.is_dir():
-        raise GptError(f"{path}: is a directory (a GGUF export is one file, e.g. model.gguf)")
-    model_file = path.parent / "Modelfile"
-    targets = [path, model_file] if ollama else [path]
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        raise GptError(f"{existing[0]}: exists (use --force to replace it)")
-    template = load_template(loaded.path, loaded.tokenizer)
-    write_gguf(path, loaded.model, loaded.tokenizer, loaded.name, dtype, template.jinja())
-    files = [str(path)]
-    if ollama:
-        eot = EOT if loaded.tokenizer.eot_id is not None else None
-        write_text_atomic(model_file, modelfile(path, template, eot))
-        files.append(str(model_file))
-    return {"name": loaded.name, "path": str(path), "dtype": dtype, "files": files}
