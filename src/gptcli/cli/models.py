@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -415,6 +416,18 @@ def import_cmd(
     info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
 
 
+class ExportFormat(str, Enum):
+    hf = "hf"
+    gguf = "gguf"
+
+
+class GgufDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    q8_0 = "q8_0"
+
+
 EXPORT_HELP = """Write a model for transformers (a directory) or llama.cpp and ollama (FILE.gguf).
 
 A directory: transformers loads it with AutoModelForCausalLM.from_pretrained(DIR) and
@@ -445,12 +458,12 @@ def export_cmd(
         str, typer.Argument(metavar="DIR|FILE.gguf", help="Directory or GGUF file to write.")
     ],
     format: Annotated[
-        str | None,
+        ExportFormat | None,
         typer.Option("--format", help="hf or gguf (default: gguf for a .gguf target, else hf)."),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="GGUF weights: float32, float16, bfloat16 or q8_0.")
-    ] = "float32",
+        GgufDtype, typer.Option(help="GGUF weights: float32, float16, bfloat16 or q8_0.")
+    ] = GgufDtype.float32,
     ollama: Annotated[
         bool, typer.Option("--ollama", help="GGUF: also write an ollama Modelfile beside it.")
     ] = False,
@@ -461,13 +474,11 @@ def export_cmd(
     from gptcli.store import ModelStore
 
     path = Path(target).expanduser()
-    kind = format or ("gguf" if path.suffix.lower() == ".gguf" else "hf")
-    if kind not in ("hf", "gguf"):
-        raise GptError(f"unknown --format {kind!r} (choose from hf, gguf)")
+    kind = format.value if format else ("gguf" if path.suffix.lower() == ".gguf" else "hf")
     if kind == "gguf":
-        summary = export_gguf(name, path, dtype, ollama, force, ModelStore())
+        summary = export_gguf(name, path, dtype.value, ollama, force, ModelStore())
     else:
-        if dtype != "float32" or ollama:
+        if dtype is not GgufDtype.float32 or ollama:
             raise GptError("--dtype and --ollama apply to GGUF exports (a .gguf target)")
         summary = export_hf_dir(name, path, force, ModelStore())
     if json_out:
