@@ -46,8 +46,11 @@ BLOCK_TENSORS = {
     "mlp.c_fc": "FFN_UP",
     "mlp.c_proj": "FFN_DOWN",
 }
-TOP_TENSORS = {"transformer.wte": "TOKEN_EMBD", "transformer.wpe": "POS_EMBD"}
-TOP_TENSORS["transformer.ln_f"] = "OUTPUT_NORM"
+TOP_TENSORS = {
+    "transformer.wte": "TOKEN_EMBD",
+    "transformer.wpe": "POS_EMBD",
+    "transformer.ln_f": "OUTPUT_NORM",
+}
 
 
 def import_gguf() -> Any:
@@ -106,9 +109,12 @@ def tensor_name(gguf: Any, ours: str) -> str:
 def encode_tensor(gguf: Any, name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
     """(data as written, its GGML type) for one tensor under `dtype`."""
     types = gguf.GGMLQuantizationType
-    wanted = {"float32": types.F32, "float16": types.F16, "bfloat16": types.BF16}
-    wanted["q8_0"] = types.Q8_0
-    qtype = wanted[dtype]
+    qtype = {
+        "float32": types.F32,
+        "float16": types.F16,
+        "bfloat16": types.BF16,
+        "q8_0": types.Q8_0,
+    }[dtype]
     if data.ndim == 1 or name.startswith("position_embd"):
         qtype = types.F32
     elif qtype == types.Q8_0 and data.shape[-1] % 32:
