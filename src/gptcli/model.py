@@ -361,16 +361,24 @@ class GPT(nn.Module):
         return self.transformer["ln_f"](x)
 
     def _hidden_static(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per row at position `cache.index` (a tensor), with no host-side state."""
+        """One token per row at position `cache.index` (a tensor), with no host-side state.
+
+        `index` holds one position for every row, or one per row: gptcli.batching's ragged
+        cache, whose rows are sequences of different lengths, decodes through this path too.
+        """
         if idx.size(1) != 1:
             raise GptError("a static cache takes one token at a time")
-        at = cache.index.view(1)
+        at = cache.index.view(-1)  # (1,) or (B,)
         x = self.transformer["wte"](idx)  # (B, 1, C)
         rope = None
         if self.tied:
-            x = x + self.transformer["wpe"].weight.index_select(0, at)
-        else:
-            rope = (self.rope_cos.index_select(0, at), self.rope_sin.index_select(0, at))
+            x = x + self.transformer["wpe"].weight.index_select(0, at).unsqueeze(1)
+        else:  # (1 or B, 1, 1, D/2): broadcast over the heads of each row
+            half = self.rope_cos.size(-1)
+            rope = (
+                self.rope_cos.index_select(0, at).view(-1, 1, 1, half),
+                self.rope_sin.index_select(0, at).view(-1, 1, 1, half),
+            )
         x = self.embed_norm(x)
         cache.mask = cache.static_mask()
         for block in self.transformer["h"]:

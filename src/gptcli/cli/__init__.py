@@ -90,7 +90,7 @@ def root(
 
 
 def register() -> None:
-    from gptcli.cli import chat, classify, finetune, generate, models, tokenize, train
+    from gptcli.cli import chat, classify, finetune, generate, models, serve, tokenize, train
     from gptcli.cli import eval as eval_cmd
 
     app.command("train", help=train.HELP)(train.train)
@@ -99,6 +99,7 @@ def register() -> None:
     app.command("chat", help=chat.HELP)(chat.chat)
     app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
     app.command("classify", help=classify.HELP)(classify.classify)
+    app.command("serve", help=serve.HELP)(serve.serve)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")
 
