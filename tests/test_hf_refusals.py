@@ -57,13 +57,14 @@ def edit_config(directory: Path, **changes: object) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
-def test_modern_family_export_is_refused(home: Path, tmp_path: Path) -> None:
+def test_modern_model_with_norm_gains_export_is_refused(home: Path, tmp_path: Path) -> None:
     config = ModelConfig(
-        family="modern", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16
-    )
+        family="modern", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16,
+        norms="gains",
+    )  # fmt: skip
     write_model_dir(home / "models" / "mod", GPT(config), Tokenizer.train_char(["abc"]))
     result = run("models", "export", "mod", str(tmp_path / "out"), code=1)
-    assert result.stderr.startswith("error: mod is a modern-family model")
+    assert result.stderr.startswith("error: mod has learned norm gains")
     assert not (tmp_path / "out").exists()
 
 

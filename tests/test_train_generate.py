@@ -76,9 +76,10 @@ def test_generate_json_greedy_and_samples(trained_home: Path) -> None:
 def test_generate_stop_string(trained_home: Path) -> None:
     args = ["generate", "Once", "-n", "60", "--seed", "3", "--json"]
     free = json.loads(run(*args).stdout)["text"]
-    out = json.loads(run(*args, "--stop", " ").stdout)
-    cut = free.index(" ", 1)  # the same draws, cut before the first space after the first letter
-    assert free[0] != " " and out["text"] == free[:cut], (free, out["text"])
+    stop = next(ch for ch in free if ch.strip() and ch != free[0])  # not what the text starts with
+    out = json.loads(run(*args, "--stop", stop).stdout)
+    cut = free.index(stop)  # the same draws, cut before the stop string's first occurrence
+    assert cut > 0 and out["text"] == free[:cut], (free, stop, out["text"])
 
 
 def test_eval_validation_split_and_file(trained_home: Path, corpus: Path) -> None:

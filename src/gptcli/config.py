@@ -15,6 +15,11 @@ from typing import Any
 from gptcli.errors import GptError
 
 FAMILIES = ("gpt2", "modern")
+# The modern family's norms. "plain": RMSNorm without gains, also on the token embeddings
+# (nanochat's recipe, which transformers' NanoChatForCausalLM computes); "gains": RMSNorm with a
+# learned gain each, none on the embeddings (modern models saved before `norms` existed).
+# gpt2 uses LayerNorm whatever it says.
+NORMS = ("plain", "gains")
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ModelConfig:
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    norms: str = "plain"  # the modern family's norms, one of NORMS
     preset: str | None = None
     labels: list[str] | None = None  # a classifier: one output per label on the last token
 
@@ -58,6 +64,10 @@ class ModelConfig:
             raise GptError(
                 f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
+        if self.norms not in NORMS:
+            raise GptError(
+                f"model config: unknown norms {self.norms!r} (choose from {', '.join(NORMS)})"
+            )
         if self.family == "modern" and (self.n_embd // self.n_head) % 2:
             raise GptError("model config: the modern family needs an even head size for rotary")
         if self.labels is not None and (
@@ -82,6 +92,8 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise GptError(f"model config: unknown keys {', '.join(sorted(unknown))}")
+        if "norms" not in data:  # written before the key existed: modern models had gains
+            data = {**data, "norms": "gains"}
         try:
             return cls(**data)
         except TypeError as exc:

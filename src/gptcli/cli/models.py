@@ -1,7 +1,8 @@
-"""`gpt models list|show|rm|prune|default|import|export`: the store, and Hugging Face GPT-2."""
+"""`gpt models list|show|rm|prune|default|import|export`: the store, Hugging Face and GGUF."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +14,8 @@ from gptcli.cli.usage import Command, Group
 from gptcli.errors import GptError
 
 app = typer.Typer(
-    help="List, inspect, remove, prune and choose stored models; import and export Hugging Face "
-    "GPT-2.\n\nExample: gpt models list",
+    help="List, inspect, remove, prune and choose stored models; import and export Hugging "
+    "Face models, export GGUF.\n\nExample: gpt models list",
     no_args_is_help=True,
     cls=Group,
 )
@@ -481,13 +482,35 @@ def import_cmd(
     info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
 
 
-EXPORT_HELP = """Write a gpt2-family model as a Hugging Face GPT-2 directory.
+class ExportFormat(str, Enum):
+    hf = "hf"
+    gguf = "gguf"
 
-transformers loads the result with GPT2LMHeadModel.from_pretrained(DIR) and
-AutoTokenizer.from_pretrained(DIR) and computes the same logits. Models of the modern family
-(rotary, RMSNorm) have no GPT-2 equivalent and are refused.
 
-Example: gpt models export stories ./stories-hf
+class GgufDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    q8_0 = "q8_0"
+
+
+EXPORT_HELP = """Write a model for transformers (a directory) or llama.cpp and ollama (FILE.gguf).
+
+A directory: transformers loads it with AutoModelForCausalLM.from_pretrained(DIR) and
+AutoTokenizer.from_pretrained(DIR) and computes the same logits: GPT2LMHeadModel for the gpt2
+family, NanoChatForCausalLM (transformers >= 5) for the default modern family. The chat
+template travels as the tokenizer's Jinja chat_template. `gpt models import DIR` reads it back
+bit for bit.
+
+A .gguf file (or --format gguf; needs the gguf package, the gguf extra): llama.cpp's gpt2
+architecture, so gpt2-family models with a BPE tokenizer only (llama.cpp has no architecture
+for the modern family). --dtype float32 (default), float16, bfloat16 or q8_0; --ollama also
+writes an ollama Modelfile beside it. Classifiers are refused.
+
+Examples:
+  gpt models export stories ./stories-hf
+  gpt train examples/stories --family gpt2 --name stories-gpt2 --max-time 60s
+  gpt models export stories-gpt2 stories.gguf --dtype q8_0 --ollama
 """
 
 
@@ -497,14 +520,33 @@ def export_cmd(
         str,
         typer.Argument(help="Model name or directory.", autocompletion=complete_model_name),
     ],
-    directory: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
+    target: Annotated[
+        str, typer.Argument(metavar="DIR|FILE.gguf", help="Directory or GGUF file to write.")
+    ],
+    format: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="hf or gguf (default: gguf for a .gguf target, else hf)."),
+    ] = None,
+    dtype: Annotated[
+        GgufDtype, typer.Option(help="GGUF weights: float32, float16, bfloat16 or q8_0.")
+    ] = GgufDtype.float32,
+    ollama: Annotated[
+        bool, typer.Option("--ollama", help="GGUF: also write an ollama Modelfile beside it.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace what is at the target.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from gptcli.interop import export_hf_dir
+    from gptcli.interop import export_gguf, export_hf_dir
     from gptcli.store import ModelStore
 
-    summary = export_hf_dir(name, Path(directory).expanduser(), force, ModelStore())
+    path = Path(target).expanduser()
+    kind = format.value if format else ("gguf" if path.suffix.lower() == ".gguf" else "hf")
+    if kind == "gguf":
+        summary = export_gguf(name, path, dtype.value, ollama, force, ModelStore())
+    else:
+        if dtype is not GgufDtype.float32 or ollama:
+            raise GptError("--dtype and --ollama apply to GGUF exports (a .gguf target)")
+        summary = export_hf_dir(name, path, force, ModelStore())
     if json_out:
         print_json(summary)
         return
