@@ -104,7 +104,7 @@ USAGE_LINES = {
     ("models", "prune"): "gpt models prune [OPTIONS] NAME",
     ("models", "default"): "gpt models default [OPTIONS] [NAME]",
     ("models", "import"): "gpt models import [OPTIONS] DIR",
-    ("models", "export"): "gpt models export [OPTIONS] NAME DIR",
+    ("models", "export"): "gpt models export [OPTIONS] NAME DIR|FILE.GGUF",
 }
 
 
