@@ -223,7 +223,8 @@ class TrainConfig:
         default=None,
         metadata=flag(
             "Fraction of the run on shorter sequences (a quarter, then half the context), "
-            "tokens per step kept (default: 0.5 for gpt train's modern models, else 0).",
+            "tokens per step kept (default: 0.5 for modern models with a context of 256 or "
+            "more, else 0).",
             only="train",
         ),
     )
