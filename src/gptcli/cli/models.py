@@ -79,7 +79,17 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
         "size_bytes": size,
         "config": info.get("config"),
         "history": info.get("history", []),
+        "inference_dtype": cpu_inference_dtypes(),
     }
+
+
+def cpu_inference_dtypes() -> dict[str, str]:
+    """What `--dtype auto` and `--dtype int8` run on this machine's CPU (as gptcli.generate
+    decides, found without importing torch)."""
+    from gptcli.hardware import cpu_has_fast_bf16
+
+    native = cpu_has_fast_bf16()
+    return {"auto": "bfloat16" if native else "float32", "int8": "int8 x bfloat16"}
 
 
 def data_summary(data: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +267,15 @@ def print_summary(row: dict[str, Any]) -> None:
         lines.append(("context", f"{row['context']:,} tokens"))
         if row["labels"]:
             lines.append(("labels", ", ".join(row["labels"])))
+        dtypes = row["inference_dtype"]
+        why = "native bfloat16" if dtypes["auto"] == "bfloat16" else "no native bfloat16"
+        lines.append(
+            (
+                "inference",
+                f"on this CPU --dtype auto runs {dtypes['auto']} weights ({why}); "
+                "--dtype int8: int8 weights, bfloat16 activations",
+            )
+        )
     else:
         lines.append(("weights", "none yet: the run has not saved a checkpoint"))
     data = row["data"]
