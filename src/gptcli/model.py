@@ -142,8 +142,10 @@ class PackedWeight:
     @staticmethod
     def fingerprint(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
         # in-place changes (an optimizer step, load_state_dict) bump the version counter;
-        # a new tensor (cast_weights) has a new address
-        return weight.data_ptr(), weight._version, weight.dtype
+        # a new tensor (cast_weights) has a new address. Tensors made under inference_mode
+        # keep no version counter (and can change in place only inside it).
+        version = -1 if weight.is_inference() else weight._version
+        return weight.data_ptr(), version, weight.dtype
 
     def matches(self, weight: torch.Tensor) -> bool:
         return self.fingerprint(weight) == self.source
