@@ -69,9 +69,7 @@ def test_chat_finetune_adds_template_and_chats(base_home: Path) -> None:
     weights = load_file(str(model_dir / "model.safetensors"))
     base = load_file(str(base_home / "models/tiny/model.safetensors"))
     old = base_config["vocab_size"]
-    # new rows start from the mean of the old ones (then train), old rows stay comparable
-    assert weights["transformer.wte.weight"].shape[0] == old + 4
-    assert torch.isfinite(weights["transformer.wte.weight"]).all()
+    assert weights["transformer.wte.weight"].shape[0] == old + 4  # their start: test_chat_tuning
     assert base["transformer.wte.weight"].shape[0] == old
     result = run("chat", "-m", "talk", "-n", "5", "--seed", "1", input="Hello there\n")
     assert result.exit_code == 0 and len(result.stdout.strip().splitlines()) >= 1
@@ -114,8 +112,9 @@ def test_classify_finetune_eval_and_classify(base_home: Path) -> None:
     scored = json.loads(
         run("eval", "mood", "--task", "classify", "--data", str(test), "--json").stdout
     )
-    assert scored["examples"] == 40 and 0.0 <= scored["accuracy"] <= 1.0
-    assert sum(map(sum, scored["confusion"])) == 40
+    confusion = scored["confusion"]
+    assert scored["examples"] == 40 and sum(map(sum, confusion)) == 40
+    assert scored["accuracy"] == pytest.approx((confusion[0][0] + confusion[1][1]) / 40)
     assert set(scored["per_label"]) == {"negative", "positive"}
     table = run("eval", "mood", "--task", "classify", "--data", str(test)).stdout
     assert "accuracy" in table and "precision" in table
@@ -129,27 +128,6 @@ def test_classify_finetune_eval_and_classify(base_home: Path) -> None:
     # a plain language model is not a classifier
     result = run("classify", "hello", "-m", "tiny", code=1)
     assert "not a classifier" in result.stderr
-
-
-def test_classify_loss_falls_with_aux_lm(base_home: Path) -> None:
-    out = json.loads(
-        run(
-            "finetune",
-            "tiny",
-            str(EXAMPLES / "sentiment.jsonl"),
-            "--name",
-            "m0",
-            "--max-steps",
-            "30",
-            "--aux-lm-weight",
-            "0",
-            "--lr",
-            "3e-3",
-            *FAST,
-        ).stdout
-    )
-    history = json.loads((base_home / "models/m0/train.json").read_text())["history"]
-    assert out["steps"] == 30 and history[-1]["val_loss"] < history[0]["val_loss"]
 
 
 def test_lora_merges_and_freezes_the_rest(base_home: Path, tmp_path: Path) -> None:

@@ -336,7 +336,8 @@ def test_bfloat16_weights_keep_greedy_text_and_rotary_tables() -> None:
     assert next(model.parameters()).dtype == torch.bfloat16
     assert model.rope_cos.dtype == torch.float32
     out = list(generate_tokens(model, [1, 2, 3], 10, GREEDY))
-    assert len(out) == 10
+    reference = list(generate_tokens(tiny_model("modern"), [1, 2, 3], 10, GREEDY))
+    assert out == reference  # this model's greedy text survives the rounding
 
 
 # -- text -----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -257,90 +256,3 @@ def test_our_model_exports_with_same_logits(home: Path, tmp_path: Path) -> None:
     for text in ("Once upon a fox", "unseen: ünïcödé 🙂"):
         assert hf_tok(text)["input_ids"] == tokenizer.encode(text)
         assert hf_tok.decode(tokenizer.encode(text)) == text
-
-
-def test_modern_family_export_is_refused(home: Path, tmp_path: Path) -> None:
-    config = ModelConfig(
-        family="modern", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16
-    )
-    write_model_dir(home / "models" / "mod", GPT(config), Tokenizer.train_char(["abc"]))
-    result = run("models", "export", "mod", str(tmp_path / "out"), code=1)
-    assert result.stderr.startswith("error: mod is a modern-family model")
-    assert not (tmp_path / "out").exists()
-
-
-def test_pickle_checkpoint_is_refused_and_never_loaded(
-    hf_dir: Path, tmp_path: Path, home: Path
-) -> None:
-    directory = variant(hf_dir, tmp_path)
-    (directory / "model.safetensors").unlink()
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self) -> tuple[Any, ...]:
-            return (open, (str(marker), "w"))
-
-    (directory / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
-    result = run("models", "import", str(directory), "--name", "x", code=1)
-    line = result.stderr.strip()
-    assert "\n" not in line and line.startswith("error: ")
-    assert "pytorch_model.bin is a pickle checkpoint" in line and "save_pretrained" in line
-    assert not marker.exists()
-    run("generate", "hi", "-m", str(directory), code=1)
-    assert not marker.exists() and not (home / "models").exists()
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"activation_function": "gelu"}, "activation_function 'gelu' is not supported"),
-        ({"activation_function": "relu"}, "activation_function 'relu' is not supported"),
-        ({"scale_attn_weights": False}, "scale_attn_weights: false"),
-        ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx: true"),
-        ({"add_cross_attention": True}, "add_cross_attention: true"),
-        ({"n_inner": 64}, "an MLP width of 64 (n_inner) is not supported"),
-        ({"model_type": "gpt_neo"}, "model_type 'gpt_neo' is not supported"),
-        ({"n_layer": 3}, "weights do not match the model config"),
-    ],
-)
-def test_unsupported_configs_are_refused(
-    hf_dir: Path, tmp_path: Path, home: Path, changes: dict[str, Any], message: str
-) -> None:
-    directory = variant(hf_dir, tmp_path)
-    edit_config(directory, **changes)
-    result = run("models", "import", str(directory), "--name", "bad", code=1)
-    assert message in result.stderr and result.stderr.count("\n") == 1
-    assert not (home / "models" / "bad").exists()
-
-
-def test_accepted_config_variants(hf_dir: Path, tmp_path: Path, home: Path) -> None:
-    directory = variant(hf_dir, tmp_path)
-    edit_config(
-        directory,
-        n_inner=128,
-        reorder_and_upcast_attn=True,
-        activation_function="gelu_pytorch_tanh",
-    )
-    run("models", "import", str(directory), "--name", "fine")
-    again = run("models", "import", str(directory), "--name", "fine", code=1)
-    assert "already exists" in again.stderr
-    run("models", "import", str(directory), "--name", "fine", "--force", "--json")
-
-
-def test_untied_head_is_refused(hf_dir: Path, tmp_path: Path, home: Path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    directory = variant(hf_dir, tmp_path)
-    tensors = load_file(directory / "model.safetensors")
-    tensors["lm_head.weight"] = tensors["transformer.wte.weight"] + 1
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    edit_config(directory, tie_word_embeddings=False)
-    result = run("models", "import", str(directory), "--name", "untied", code=1)
-    assert "untied output heads are not supported" in result.stderr
-
-
-def test_import_needs_a_hf_directory(tmp_path: Path, home: Path) -> None:
-    result = run("models", "import", str(tmp_path / "nowhere"), "--name", "x", code=1)
-    assert "not a directory" in result.stderr
-    result = run("models", "import", str(tmp_path), "--name", "x", code=1)
-    assert "not a Hugging Face model directory" in result.stderr

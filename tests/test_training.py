@@ -167,7 +167,22 @@ def test_gpu_switches_decide_on_device() -> None:
     assert autocast_dtype(TrainConfig(dtype="bfloat16"), cpu) == torch.bfloat16
 
 
-def test_bf16_autocast_and_grad_accumulation_train_on_cpu(home: Path, corpus: Path) -> None:
+def test_bf16_autocast_and_grad_accumulation_train_on_cpu(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_linear = torch.nn.functional.linear
+    dtypes: set[torch.dtype] = set()  # of the matmuls that training runs
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real_linear(*args, **kwargs)
+        if torch.is_grad_enabled():
+            dtypes.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    run("train", str(corpus), "--tokenizer", "char", "--max-steps", "2", "--name", "f32", *TINY)
+    assert dtypes == {torch.float32}
+    dtypes.clear()
     out = json.loads(
         run(
             "train",
@@ -184,6 +199,8 @@ def test_bf16_autocast_and_grad_accumulation_train_on_cpu(home: Path, corpus: Pa
             *TINY,
         ).stdout
     )
+    assert dtypes == {torch.bfloat16}  # autocast: every training matmul ran in bfloat16
+    monkeypatch.setattr(torch.nn.functional, "linear", real_linear)
     history = json.loads((home / "models/stories/train.json").read_text())["history"]
     assert out["steps"] == 25 and out["tokens"] == 25 * 8 * 32
     assert history[-1]["val_loss"] < history[0]["val_loss"] - 0.5

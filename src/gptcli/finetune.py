@@ -35,6 +35,7 @@ from gptcli.train import (
     make_optimizers,
     micro_batch_size,
     model_lock,
+    overrides,
     pick_device,
     run_and_store,
 )
@@ -260,6 +261,7 @@ def run_finetune(
 
     dist = Distributed()
     cfg = request.cfg
+    aux_lm_weight = request.aux_lm_weight
     base_dir = store.resolve(request.base)
     target = store.model_dir(request.name)
     if target.resolve() == base_dir.resolve():
@@ -284,6 +286,12 @@ def run_finetune(
     loaded = load_model(target if request.resume else base_dir, device)
     model, tokenizer = loaded.model, loaded.tokenizer
     info = loaded.info if request.resume else {}
+    if request.resume:  # the stored run's settings and budget, unless a new budget is given
+        stored = info.get("train", {})
+        cfg = TrainConfig.from_dict({**stored, **overrides(request.cfg)})
+        aux_lm_weight = stored.get("aux_lm_weight", aux_lm_weight)
+    else:  # the classifier head and new token rows start the same in every process
+        torch.manual_seed(cfg.seed)
     block_size = model.config.block_size
     extra_files: dict[str, str] = {}
     data_info: dict[str, Any] = {"files": [str(f.resolve()) for f in files]}
@@ -337,11 +345,11 @@ def run_finetune(
             cfg.seed,
             dist.rank,
             dist.world,
-            request.aux_lm_weight,
+            aux_lm_weight,
         )
         val_batches = (
             ExampleBatches(
-                val_ex, cfg.batch_size, device, cfg.seed + 1, aux_lm_weight=request.aux_lm_weight
+                val_ex, cfg.batch_size, device, cfg.seed + 1, aux_lm_weight=aux_lm_weight
             )
             if val_ex
             else None
@@ -378,8 +386,7 @@ def run_finetune(
         "created": info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": info.get("config") if request.resume else request.config,
         "base": info.get("base") or {"name": loaded.name, "path": str(base_dir)},
-        "train": cfg.to_dict()
-        | {"lora": request.lora_rank, "aux_lm_weight": request.aux_lm_weight},
+        "train": cfg.to_dict() | {"lora": request.lora_rank, "aux_lm_weight": aux_lm_weight},
         "tokenizer": tokenizer.kind,
         "data": data_info,
     }

@@ -125,8 +125,9 @@ def finetune(
     if resume and force:
         raise GptError("--resume and --force do not go together")
     defaults = dict(FINETUNE_DEFAULTS)
-    if max_time is not None:
-        defaults.pop("max_steps")  # a time budget alone bounds the run
+    if max_time is not None or resume:
+        # a time budget alone bounds the run; a resumed run keeps its stored budget
+        defaults.pop("max_steps")
     cfg = train_config(
         max_time,
         defaults,
