@@ -151,8 +151,11 @@ class PackedWeight:
         return self.fingerprint(weight) == self.source
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = x.to(self.activations)
-        if bias is not None:
+        # (dtype checks in Python: a no-op `.to` still costs a dispatch, and a decode step
+        # makes about fifty of these calls)
+        if x.dtype != self.activations:
+            x = x.to(self.activations)
+        if bias is not None and bias.dtype != self.activations:
             bias = bias.to(self.activations)
         if self.kind == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.data, bias, "none", [], "")
