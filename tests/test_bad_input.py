@@ -137,8 +137,9 @@ def test_usage_errors_exit_2(home: Path, args: list[str]) -> None:
 
 def test_examples_parse(home: Path) -> None:
     """The bundled JSONL sets are valid for their tasks (a guard for edits to examples/)."""
+    from gptcli.data import read_jsonl
     from gptcli.evaluate import read_choice_file
-    from gptcli.finetune import read_jsonl, read_labelled
+    from gptcli.tasks.classify import read_labelled
 
     assert len(read_labelled([EXAMPLES / "sentiment.jsonl"])) == 120
     assert len(read_choice_file(EXAMPLES / "choice.jsonl")) == 30

@@ -10,20 +10,15 @@ import pytest
 from conftest import run
 
 from gptcli.chat import (
-    ChatSettings,
     ChatTemplate,
-    Command,
-    Conversation,
-    InputAssembler,
     PlainTemplate,
     add_chat_tokens,
-    apply_setting,
     check_messages,
-    complete,
     load_template,
-    parse_input,
     save_template,
 )
+from gptcli.cli.repl import Command, InputAssembler, apply_setting, complete, parse_input
+from gptcli.conversation import ChatSettings, Conversation
 from gptcli.errors import GptError
 from gptcli.tokenizer import Tokenizer
 
@@ -255,9 +250,10 @@ def test_chat_with_a_template_model(home: Path) -> None:
 
 def test_repl_commands(trained_home: Path, monkeypatch, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The REPL loop driven through a fake input(): commands, a reply, Ctrl+C, Ctrl+D."""
-    from gptcli.chat import ChatSession, load_template
+    from gptcli.chat import load_template
     from gptcli.checkpoint import load_model
     from gptcli.cli.chat import Repl
+    from gptcli.conversation import ChatSession
 
     typed = iter(
         [
@@ -303,9 +299,10 @@ def test_ctrl_c_during_a_reply_drops_only_that_reply(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from gptcli.chat import ChatSession, ReplyStream, load_template
+    from gptcli.chat import load_template
     from gptcli.checkpoint import load_model
     from gptcli.cli.chat import Repl
+    from gptcli.conversation import ChatSession, ReplyStream
 
     loaded = load_model(trained_home / "models" / "tiny")
     template = load_template(loaded.path, loaded.tokenizer)

@@ -12,7 +12,7 @@ from conftest import run
 from safetensors.torch import load_file
 
 from gptcli.chat import add_chat_tokens
-from gptcli.finetune import chat_examples
+from gptcli.tasks.chat import chat_examples
 from gptcli.tokenizer import Tokenizer
 
 CONVERSATION = {

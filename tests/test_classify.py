@@ -14,8 +14,8 @@ from conftest import run
 from safetensors.torch import load_file
 
 from gptcli.config import ModelConfig
-from gptcli.finetune import add_classifier
 from gptcli.model import GPT
+from gptcli.tasks.classify import add_classifier
 
 FAST = ["--batch-size", "8", "--eval-every", "10", "--quiet", "--json"]
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "to", "sea", "hill"]

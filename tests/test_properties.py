@@ -122,7 +122,7 @@ def test_durations_parse_or_refuse_cleanly(text: str) -> None:
     )
 )
 def test_labelled_jsonl_reads_or_names_the_line(tmp_path_factory, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
-    from gptcli.finetune import read_labelled
+    from gptcli.tasks.classify import read_labelled
 
     path: Path = tmp_path_factory.mktemp("jsonl") / "data.jsonl"
     path.write_text("\n".join(line.replace("\n", " ") for line in lines), encoding="utf-8")

@@ -19,7 +19,7 @@ from conftest import EXAMPLES, TINY, run
 from safetensors.torch import load_file
 
 from gptcli.data import Batches
-from gptcli.finetune import ExampleBatches
+from gptcli.tasks.examples import ExampleBatches
 
 FAST = ["--batch-size", "4", "--eval-every", "4", "--quiet", "--json"]
 

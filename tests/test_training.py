@@ -15,9 +15,9 @@ import torch
 from conftest import TINY, run
 
 from gptcli.config import ModelConfig, TrainConfig
+from gptcli.loop import lr_factor, make_optimizers
 from gptcli.model import GPT
 from gptcli.optim import OwnMuon, split_parameters
-from gptcli.train import lr_factor, make_optimizers
 
 
 @pytest.mark.parametrize("family", ["modern", "gpt2"])
@@ -156,7 +156,7 @@ def test_two_process_ddp_matches_one_process(home: Path, corpus: Path) -> None:
 
 
 def test_gpu_switches_decide_on_device() -> None:
-    from gptcli.train import autocast_dtype, should_compile
+    from gptcli.runtime import autocast_dtype, should_compile
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert should_compile(TrainConfig(), cuda) and not should_compile(TrainConfig(), cpu)

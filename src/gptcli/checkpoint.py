@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from safetensors import SafetensorError, safe_open
 
+from gptcli import hf
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
+from gptcli.lora import merged_weights
 from gptcli.model import FORMAT_VERSION, GPT
+from gptcli.record import RECORD_FILE, read_record
 from gptcli.store import atomic_path, read_json, write_json_atomic, write_text_atomic
 from gptcli.tokenizer import Tokenizer
 
@@ -29,11 +34,12 @@ class LoadedModel:
 
 
 def save_weights(path: Path, model: GPT) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.cpu() for k, v in model.weights().items()}
+    # a model fine-tuned with adapters is saved merged, and loads like any other
+    tensors = {k: v.cpu() for k, v in model.weights(merged_weights(model)).items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION})
+        safetensors.torch.save_file(
+            tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION}
+        )
 
 
 def write_model_dir(
@@ -45,7 +51,7 @@ def write_model_dir(
     write_text_atomic(directory / "tokenizer.json", tokenizer.to_json())
     save_weights(directory / "model.safetensors", model)
     if info is not None:
-        write_json_atomic(directory / "train.json", info)
+        write_json_atomic(directory / RECORD_FILE, info)
 
 
 def read_config(directory: Path) -> ModelConfig:
@@ -53,8 +59,6 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise GptError(f"{path}: weights file is missing")
     try:
@@ -70,8 +74,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Reads config, tokenizer and weights of a model directory (ours or Hugging Face GPT-2)."""
-    from gptcli import hf
-
     if hf.is_hf_dir(directory):  # converted on the fly, nothing is written
         config, weights, tokenizer = hf.read_hf_dir(directory)
     else:
@@ -87,9 +89,7 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedMod
     model.load_weights(weights, directory)
     model.to(device)
     model.eval()
-    info_path = directory / "train.json"
-    info = read_json(info_path) if info_path.is_file() else {}
-    return LoadedModel(model, tokenizer, directory, info)
+    return LoadedModel(model, tokenizer, directory, read_record(directory))
 
 
 # -- training state, for exact --resume ------------------------------------------------------
@@ -118,8 +118,6 @@ def save_train_state(
     state: dict[str, Any],
     data_generator: torch.Generator,
 ) -> None:
-    from safetensors.torch import save_file
-
     tensors, described = optimizer_tensors(optimizers)
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.data"] = data_generator.get_state()
@@ -132,15 +130,13 @@ def save_train_state(
         "optimizers": json.dumps(described),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_train_state(
     path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
 ) -> dict[str, Any]:
     """Restores optimizers and RNGs in place; returns the saved loop state."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise GptError(f"{path.parent.name} has no training state to resume from")
     try:

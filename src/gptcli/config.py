@@ -8,7 +8,7 @@ import json
 import math
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # nanoGPT's CPU recipe for Shakespeare (the B1 reference in benchmarks/train_speed.py)
     "nanogpt-cpu": dict(family="gpt2", n_layer=4, n_head=4, n_embd=128, block_size=64),
 }
-DEFAULT_PRESET = "mini"
 
 
 OPTIMIZERS = ("auto", "muon", "adamw")
@@ -117,37 +116,107 @@ SCHEDULES = ("wsd", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def flag(help: str, *decls: str, only: str | None = None, text: bool = False) -> dict[str, Any]:
+    """Field metadata that makes a TrainConfig field a flag of `gpt train` and `gpt finetune`
+    (`only`: of that command alone), with its help text. `decls`: the option's spellings when
+    not just --field-name; `text`: the flag takes text the command parses (5m, 500).
+    cli/trainflags.py builds the options, --config keys and --print-config from these."""
+    return {"flag": {"help": help, "decls": decls, "only": only, "text": text}}
+
+
 @dataclass
 class TrainConfig:
-    """Everything that steers one training run (not the model's shape)."""
+    """Everything that steers one training run (not the model's shape).
 
-    max_steps: int | None = None
-    max_time: float | None = None  # seconds
-    batch_size: int = 16  # sequences per optimizer step, across all processes
-    grad_accum: int = 1  # micro-batches per step (per process)
-    lr: float = 3e-3  # AdamW: embeddings, head, gains (and everything with --optimizer adamw)
-    muon_lr: float = 0.02  # Muon: the matrices inside the blocks
-    optimizer: str = "auto"  # muon for the modern family, adamw for gpt2
-    schedule: str = "wsd"  # warmup-stable-decay, or cosine
+    Flags come first, in the order `--help` shows them; the rest are settings of the loop.
+    """
+
+    max_steps: int | None = field(
+        default=None,
+        metadata=flag("Stop after this many steps (default: 2000 when no --max-time)."),
+    )
+    max_time: float | None = field(  # seconds
+        default=None, metadata=flag("Stop after this long: 30s, 5m, 1h.", text=True)
+    )
+    batch_size: int = field(  # sequences per optimizer step, across all processes
+        default=16,
+        metadata=flag("Sequences per optimizer step, over all processes (default: 16)."),
+    )
+    grad_accum: int = field(  # micro-batches per step (per process)
+        default=1,
+        metadata=flag("Micro-batches per step, to reach a large batch in little memory."),
+    )
+    lr: float = field(  # AdamW: embeddings, head, gains (and everything with --optimizer adamw)
+        default=3e-3,
+        metadata=flag(
+            "Peak AdamW learning rate (embeddings, head, gains; all with --optimizer adamw)."
+        ),
+    )
+    muon_lr: float = field(  # Muon: the matrices inside the blocks
+        default=0.02, metadata=flag("Peak Muon learning rate (matrices in the blocks).")
+    )
+    optimizer: str = field(  # muon for the modern family, adamw for gpt2
+        default="auto",
+        metadata=flag(
+            "auto (Muon + AdamW for modern, AdamW for gpt2), muon or adamw.", only="train"
+        ),
+    )
+    schedule: str = field(  # warmup-stable-decay, or cosine
+        default="wsd",
+        metadata=flag("wsd (warmup, stable, linear cooldown; default) or cosine."),
+    )
+    warmup_steps: int = field(default=20, metadata=flag("Learning-rate warmup steps."))
+    min_lr_ratio: float = field(
+        default=0.0,
+        metadata=flag("The learning rate decays to this fraction of its peak (default: 0)."),
+    )
+    weight_decay: float = field(default=0.0, metadata=flag("Weight decay on matrices."))
+    eval_every: int = field(default=100, metadata=flag("Evaluate every N steps (default: 100)."))
+    save_every: int | None = field(  # steps between checkpoints
+        default=None,
+        metadata=flag(
+            "Checkpoint every N steps (e.g. 500) or every so long (e.g. 10m) "
+            "(default: 5m), and always at the end.",
+            text=True,
+        ),
+    )
+    skip_nonfinite: int = field(  # batches with a NaN/inf loss to skip before stopping
+        default=0,
+        metadata=flag("Skip up to N batches whose loss is NaN or infinite instead of stopping."),
+    )
+    sample_every: int | None = field(  # steps between printed samples; 0 never; None automatic
+        default=None,
+        metadata=flag(
+            "Print a short sample every N steps, 0 for none (default: ten in a run, none in "
+            "runs under 1000 steps or 2 minutes)."
+        ),
+    )
+    sample_prompt: str | None = field(  # None: the opening words of the training text
+        default=None,
+        metadata=flag("Prompt of those samples (default: the first words of the text)."),
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=flag("Fraction of the text held out for validation, from its end (default: 0.1)."),
+    )
+    seed: int = field(default=1337, metadata=flag("Random seed (default: 1337)."))
+    device: str = field(default="auto", metadata=flag("auto, cpu, cuda or mps."))
+    dtype: str = field(  # bfloat16 autocast on CUDA, float32 elsewhere
+        default="auto",
+        metadata=flag(
+            "auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16, float16."
+        ),
+    )
+    compile: bool | None = field(  # None: on for CUDA, off otherwise
+        default=None,
+        metadata=flag("torch.compile the model (default: on for CUDA).", "--compile/--no-compile"),
+    )
     cooldown: float = 0.4  # wsd: fraction of the budget spent decaying to min_lr
-    min_lr_ratio: float = 0.0
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
     grad_clip: float = 1.0
     beta1: float = 0.9
     beta2: float = 0.95
-    eval_every: int = 100
     eval_batches: int = 10
-    save_every: int | None = None  # steps between checkpoints
     save_seconds: float | None = 300.0  # training time between checkpoints (and at the end)
-    skip_nonfinite: int = 0  # batches with a NaN/inf loss to skip before stopping
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"  # bfloat16 autocast on CUDA, float32 elsewhere
-    compile: bool | None = None  # None: on for CUDA, off otherwise
-    val_fraction: float = 0.1
-    sample_every: int | None = None  # steps between printed samples; 0 never; None automatic
-    sample_prompt: str | None = None  # None: the opening words of the training text
 
     def __post_init__(self) -> None:
         checks = [
@@ -208,6 +277,7 @@ def parse_duration(text: str) -> float:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing or malformed file is a one-line GptError."""
+    # imported here: `gpt --help` imports this module (cli/trainflags.py), and needs no TOML
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10

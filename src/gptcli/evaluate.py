@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from gptcli.data import encode_text, read_jsonl
 from gptcli.errors import GptError
 from gptcli.model import GPT
+from gptcli.tasks.classify import classify_ids, classify_token_id
 from gptcli.tokenizer import Tokenizer
 
 LOGITS_BUDGET = 1 << 24  # floats of logits per forward pass, to bound memory
@@ -310,8 +311,6 @@ def classify_probs(
     on_progress: Progress | None = None,
 ) -> torch.Tensor:
     """Label probabilities (N, labels) of a classifier model for each text."""
-    from gptcli.finetune import classify_ids, classify_token_id
-
     if not model.config.labels:
         raise GptError("not a classifier model (fine-tune one with --task classify)")
     cls_id = classify_token_id(tokenizer)

@@ -7,19 +7,29 @@ A Hugging Face GPT-2 directory holds `config.json` (`model_type` "gpt2"), `model
 Settings our model cannot reproduce exactly are refused, never approximated. Pickle checkpoints
 (`pytorch_model.bin`) are refused too: loading one can run code.
 
-torch is imported inside the functions that need it, so reading a config stays light.
+Pure conversion: this module reads and writes directories it is given, and knows nothing of
+the store (`interop.py` imports into and exports out of it). torch is imported inside the
+functions that need it, so reading a config stays light (`gpt models list`).
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError, safe_open
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, processors
+
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.store import ModelStore, read_json, safetensors_header, write_json_atomic
+from gptcli.store import (
+    atomic_path,
+    read_json,
+    safetensors_header,
+    write_json_atomic,
+    write_text_atomic,
+)
 from gptcli.tokenizer import EOT, Tokenizer
 
 if TYPE_CHECKING:
@@ -128,8 +138,6 @@ def weight_files(directory: Path) -> list[Path]:
 
 
 def read_hf_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
     tensors = {}
     for path in weight_files(directory):
         if not path.is_file():
@@ -188,9 +196,6 @@ def tensors_from_hf(
 
 def gpt2_bpe_tokenizer(vocab: Path, merges: Path) -> Tokenizer:
     """GPT-2's byte-level BPE from `vocab.json` + `merges.txt`, as transformers builds it."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, processors
-
     try:
         hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
     except Exception as exc:  # tokenizers raises plain Exception for bad files
@@ -237,45 +242,6 @@ def count_hf_parameters(directory: Path) -> int:
     return total
 
 
-def import_hf_dir(directory: Path, name: str, force: bool = False) -> dict[str, Any]:
-    """Converts a Hugging Face GPT-2 directory into a stored model; returns a summary."""
-    from gptcli.checkpoint import load_model, write_model_dir
-
-    store = ModelStore()
-    target = store.model_dir(name)
-    if target.exists() and not force:
-        raise GptError(f"a model named {name!r} already exists (use --force to replace it)")
-    if not directory.is_dir():
-        raise GptError(f"{directory}: not a directory")
-    if not is_hf_dir(directory):
-        raise GptError(
-            f"{directory}: not a Hugging Face model directory (no config.json with a model_type)"
-        )
-    loaded = load_model(directory)  # validates shapes and vocabulary, the one loader
-    info = {
-        "kind": "import",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": str(directory.resolve()),
-        "tokenizer": loaded.tokenizer.kind,
-    }
-    staging = store.staging_dir(store.models_dir, name)
-    try:
-        write_model_dir(staging, loaded.model, loaded.tokenizer, info)
-        store.commit_dir(staging, target, force=force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if store.default_name() is None:
-        store.set_default(name)
-    return {
-        "name": name,
-        "path": str(target),
-        "source": info["source"],
-        "params": loaded.model.num_params(),
-        "context": loaded.model.config.block_size,
-        "vocab_size": loaded.model.config.vocab_size,
-    }
-
-
 # -- writing one ------------------------------------------------------------------------------
 def config_to_hf(config: ModelConfig, eot_id: int | None, dtype: str) -> dict[str, Any]:
     return {
@@ -318,8 +284,6 @@ def write_hf_files(directory: Path, model: GPT, tokenizer: Tokenizer) -> None:
     """Writes config, weights and tokenizer as `from_pretrained` expects them."""
     from safetensors.torch import save_file
 
-    from gptcli.store import atomic_path, write_text_atomic
-
     eot = tokenizer.eot_id
     dtype = str(model.transformer["wte"].weight.dtype).removeprefix("torch.")
     write_json_atomic(directory / "config.json", config_to_hf(model.config, eot, dtype))
@@ -342,35 +306,3 @@ def write_hf_files(directory: Path, model: GPT, tokenizer: Tokenizer) -> None:
         "clean_up_tokenization_spaces": False,
     }
     write_json_atomic(directory / "tokenizer_config.json", tokenizer_config)
-
-
-def export_hf_dir(ref: str, directory: Path, force: bool = False) -> dict[str, Any]:
-    """Writes the stored model `ref` as a Hugging Face GPT-2 directory; returns a summary."""
-    from gptcli.checkpoint import load_model
-
-    store = ModelStore()
-    loaded = load_model(store.resolve(ref))
-    config = loaded.model.config
-    if config.family != "gpt2":
-        raise GptError(
-            f"{loaded.name} is a {config.family}-family model (rotary positions, RMSNorm, "
-            "no biases): only gpt2-family models can be exported as Hugging Face GPT-2"
-        )
-    if directory.exists() and not directory.is_dir():
-        raise GptError(f"{directory}: exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not force:
-        raise GptError(f"{directory}: not empty (use --force to replace it)")
-    directory = directory.absolute()
-    staging = store.staging_dir(directory.parent, directory.name)
-    try:
-        write_hf_files(staging, loaded.model, loaded.tokenizer)
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
-        store.commit_dir(staging, directory, force=force)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {
-        "name": loaded.name,
-        "path": str(directory),
-        "files": sorted(p.name for p in directory.iterdir()),
-    }

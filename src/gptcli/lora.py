@@ -27,11 +27,6 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
 
-    def merged(self) -> nn.Linear:
-        with torch.no_grad():
-            self.base.weight += (self.lora_b @ self.lora_a) * self.scale
-        return self.base
-
 
 def apply_lora(model: nn.Module, rank: int, alpha: float | None = None) -> list[nn.Parameter]:
     """Wraps the block matrices in adapters, freezes everything else; returns the new params."""
@@ -48,14 +43,6 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None) -> list[
                 setattr(model.get_submodule(parent_name), child, wrapped)
                 added += [wrapped.lora_a, wrapped.lora_b]
     return added
-
-
-def merge_lora(model: nn.Module) -> None:
-    """Folds every adapter into its base matrix and removes the wrappers (in place)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, module.merged())
 
 
 def merged_weights(model: nn.Module) -> dict[str, torch.Tensor]:

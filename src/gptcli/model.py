@@ -17,6 +17,8 @@ from torch import nn
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin tables of rotary positions
+
 FORMAT_VERSION = "1"
 
 
@@ -205,7 +207,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        rope: Rope | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -271,7 +273,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, rope, cache):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor, rope: Rope | None, cache: KVCache | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln_1(x), rope, cache))
         return x + self.drop(self.mlp(self.ln_2(x)))
 
@@ -445,11 +447,10 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, size, p.device, dtype)
 
     # -- weights on disk ------------------------------------------------------------------
-    def weights(self) -> dict[str, torch.Tensor]:
-        """State dict without the tied head (safetensors refuses shared tensors)."""
-        from gptcli.lora import merged_weights
-
-        state = merged_weights(self)  # the plain state dict when there are no adapters
+    def weights(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """State dict (or `state`, e.g. with LoRA adapters merged: `lora.merged_weights`)
+        without the tied head (safetensors refuses shared tensors)."""
+        state = self.state_dict() if state is None else state
         if self.tied:
             state.pop("lm_head.weight", None)
         return {k: v.detach().contiguous() for k, v in state.items()}

@@ -1,8 +1,9 @@
-"""What a training run records and shows as it goes, wrapped around the caller's observer.
+"""What a training run shows as it goes, wrapped around the caller's observer.
 
-- `MetricsWriter`: after each evaluation, train.json in the model's directory gets the history
+- live metrics: after each evaluation, train.json in the model's directory gets the history
   so far (one record per evaluation: step, tokens, seconds, train and validation loss,
-  learning rate), so `gpt models show NAME` draws the loss curve of a run still in progress.
+  learning rate) through `record.RunDirectory`, so `gpt models show NAME` draws the loss curve
+  of a run still in progress.
 - `Sampler`: every `sample_every` steps, a short continuation of a fixed prompt with a fixed
   seed, handed to the observer's `on_sample(step, text)`, so a person sees the model learn.
 - `RunMonitor`: the observer `train_model` is given; it forwards to the caller's observer and
@@ -11,18 +12,17 @@
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.errors import GptError
+from gptcli.data import Texts
+from gptcli.generate import TextStream, generate_tokens
 from gptcli.model import GPT
-from gptcli.store import ModelStore, read_json, write_json_atomic
+from gptcli.record import RunDirectory
+from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer
 
 SAMPLE_TOKENS = 48
@@ -30,64 +30,6 @@ SAMPLE_TOKENS = 48
 # much to see, and each sample costs a moment of a short run.
 TINY_STEPS = 1000
 TINY_SECONDS = 120.0
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-class MetricsWriter:
-    """Rewrites NAME/train.json (atomically) after each evaluation, while the directory is this
-    run's: one it created for a new model, or one whose train.json carries this run's id (a
-    resumed model, or a replaced one once its first checkpoint is in place). A model that
-    `--force` will replace is left untouched until then."""
-
-    def __init__(self, store: ModelStore, name: str, info: dict[str, Any], history: list) -> None:
-        self.directory = store.model_dir(name)
-        self.info = info  # carries "run", this run's id
-        self.history = history  # the loop's TrainState.history, appended to in place
-
-    def claim(self) -> bool:
-        """Makes the directory this run's if no model is stored there yet (a crashed run's
-        leftover without weights counts as none). True when it did: the first checkpoint must
-        then replace it."""
-        if (self.directory / "config.json").is_file():
-            return False
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._write({"steps": 0, "stopped": "running"})
-        return True
-
-    def owns(self) -> bool:
-        path = self.directory / "train.json"
-        try:
-            return path.is_file() and read_json(path).get("run") == self.info["run"]
-        except (GptError, AttributeError):
-            return False
-
-    def record(self, stats: Any) -> None:
-        if self.owns():
-            self._write(
-                {
-                    "steps": stats.step,
-                    "tokens": stats.tokens,
-                    "train_loss": stats.train_loss,
-                    "val_loss": stats.val_loss,
-                    "seconds": round(stats.seconds, 3),
-                    "stopped": "running",
-                }
-            )
-
-    def _write(self, result: dict[str, Any]) -> None:
-        write_json_atomic(
-            self.directory / "train.json",
-            self.info | {"result": result, "history": self.history},
-        )
-
-
-def discard_unsaved(directory: Path) -> None:
-    """Removes a run's directory if no model was saved in it (only its metrics are there)."""
-    if directory.is_dir() and not (directory / "config.json").is_file():
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def default_sample_prompt(text: str) -> str:
@@ -132,9 +74,6 @@ class Sampler:
         return False
 
     def sample(self) -> str:
-        from gptcli.generate import TextStream, generate_tokens
-        from gptcli.sample import SamplingSettings
-
         ids = self.tokenizer.encode(self.prompt)
         if not ids:
             if self.tokenizer.eot_id is None:
@@ -169,7 +108,7 @@ class RunMonitor:
     def __init__(
         self,
         observer: Any,
-        metrics: MetricsWriter | None = None,
+        metrics: RunDirectory | None = None,
         sampler: Sampler | None = None,
     ) -> None:
         self.observer = observer
@@ -183,7 +122,7 @@ class RunMonitor:
 
     def on_eval(self, stats: Any) -> None:
         if self.metrics is not None:
-            self.metrics.record(stats)
+            self.metrics.record_live(stats)
         if self.observer is not None:
             self.observer.on_eval(stats)
         self._maybe_sample(stats)
@@ -194,7 +133,7 @@ class RunMonitor:
             show(stats.step, self.sampler.sample())
 
 
-def prompt_from(texts: Any, cfg: TrainConfig) -> str:
+def prompt_from(texts: Texts, cfg: TrainConfig) -> str:
     """The sample prompt: --sample-prompt, else the opening words of the corpus."""
     if cfg.sample_prompt is not None:
         return cfg.sample_prompt
@@ -204,19 +143,14 @@ def prompt_from(texts: Any, cfg: TrainConfig) -> str:
 
 def monitor_for(
     observer: Any,
-    store: ModelStore,
-    name: str,
-    info: dict[str, Any],
-    history: list,
+    run_dir: RunDirectory,
     cfg: TrainConfig,
     sampling: tuple[GPT, Tokenizer, str] | None,
-) -> tuple[RunMonitor, bool]:
-    """The monitor of one run (main process), and whether it claimed the model's directory."""
-    metrics = MetricsWriter(store, name, info, history)
-    claimed = metrics.claim()
+) -> RunMonitor:
+    """The monitor of one run (main process): live metrics in `run_dir`, and samples."""
     sampler = None
     every = sample_every(cfg)
     if sampling is not None and every != 0:
         model, tokenizer, prompt = sampling
         sampler = Sampler(model, tokenizer, prompt, every, cfg.seed)
-    return RunMonitor(observer, metrics, sampler), claimed
+    return RunMonitor(observer, run_dir, sampler)

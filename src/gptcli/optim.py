@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,10 +34,10 @@ class OwnMuon(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float = 0.02,
         weight_decay: float = 0.0,
-        momentum: float = 0.95,  # type: ignore[no-untyped-def]
+        momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
     ) -> None:
@@ -48,7 +51,7 @@ class OwnMuon(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[no-untyped-def]
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # closure: unused
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -24,14 +25,13 @@ from typing import Any
 from gptcli.errors import GptError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-MODEL_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
 def store_home() -> Path:
     env = os.environ.get("GPTCLI_HOME")
     if env:
         return Path(env).expanduser()
-    import platformdirs
+    import platformdirs  # only without GPTCLI_HOME: shell completion reads the store too
 
     return Path(platformdirs.user_cache_dir("gptcli"))
 
@@ -136,8 +136,6 @@ def fault_point(name: str) -> None:
         return
     count = _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if count == int(spec.split(":")[1]):
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -341,3 +339,15 @@ class ModelStore:
     def staging_dir(self, parent: Path, name: str) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".staging", dir=parent))
+
+    @contextlib.contextmanager
+    def staged(self, target: Path, force: bool) -> Iterator[Path]:
+        """Stage -> commit -> clean up: yields an empty sibling directory of `target` to fill;
+        when the block ends without an error it replaces `target` (see `commit_dir`). The
+        staging directory never outlives the block."""
+        staging = self.staging_dir(target.parent, target.name)
+        try:
+            yield staging
+            self.commit_dir(staging, target, force=force)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -119,9 +119,6 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
-    def id_to_token(self, token_id: int) -> str | None:
-        return self.hf.id_to_token(token_id)
-
     def pieces(self, ids: list[int]) -> list[str]:
         """The text each id stands for on its own (for showing a tokenization)."""
         return [self.decode([i]) for i in ids]

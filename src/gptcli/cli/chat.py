@@ -1,7 +1,8 @@
 """`gpt chat`: a REPL on a terminal; a clean pipe (one user turn per line) otherwise.
 
-Templates, conversation state, settings and command parsing live in gptcli.chat; this module
-reads input, runs the commands and prints.
+Templates live in gptcli.chat, conversation state and reply streaming in gptcli.conversation,
+the REPL's command language in cli/repl.py; this module reads input, runs the commands and
+prints.
 """
 
 from __future__ import annotations
@@ -31,9 +32,20 @@ from gptcli.cli.generate import (
     load_for_inference,
     sleeping_omp_threads,
 )
+from gptcli.cli.repl import (
+    SETTINGS,
+    Command,
+    InputAssembler,
+    apply_setting,
+    complete,
+    describe_settings,
+    help_text,
+    parse_input,
+)
+from gptcli.errors import GptError
 
 if TYPE_CHECKING:
-    from gptcli.chat import ChatSession, Command
+    from gptcli.conversation import ChatSession
 
 HELP = """Chat with a model: a REPL with line editing, history and streamed replies.
 
@@ -73,19 +85,20 @@ def chat(
     ] = False,
 ) -> None:
     sleeping_omp_threads()
-    from gptcli.chat import ChatSession, ChatSettings, load_template
+    from gptcli.chat import load_template
+    from gptcli.conversation import ChatSession, ChatSettings
     from gptcli.sample import SamplingSettings
 
     sampling = SamplingSettings(
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        repetition_penalty,
-        presence_penalty,
-        frequency_penalty,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
     )
-    settings = ChatSettings(sampling, max_tokens, seed, stats)
+    settings = ChatSettings(sampling=sampling, max_tokens=max_tokens, seed=seed, stats=stats)
     loaded = load_for_inference(model, device, dtype, threads)
     template = load_template(loaded.path, loaded.tokenizer)
     session = ChatSession(loaded.model, loaded.tokenizer, template, settings, system)
@@ -97,8 +110,6 @@ def chat(
 
 def run_piped(session: ChatSession, name: str, json_out: bool) -> None:
     """Each non-empty stdin line is a user turn; stdout gets only the replies."""
-    from gptcli.errors import GptError
-
     notified = False
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         try:
@@ -151,9 +162,6 @@ class Repl:
             save_history(history)
 
     def loop(self) -> None:
-        from gptcli.chat import Command, InputAssembler, parse_input
-        from gptcli.errors import GptError
-
         assembler = InputAssembler()
         while True:
             try:
@@ -203,9 +211,6 @@ class Repl:
         sys.stdout.write("\n")  # a blank line before the next prompt
 
     def run_command(self, command: Command) -> None:
-        from gptcli.chat import help_text
-        from gptcli.errors import GptError
-
         conversation = self.session.conversation
         arg = command.arg
         if command.name == "help":
@@ -229,7 +234,7 @@ class Repl:
                 self.show_settings()
                 return
             key, _, value = arg.partition(" ")
-            self.session.set(key, value)
+            self.session.update(apply_setting(self.session.settings, key, value))
             say(f"{key} is now {value.strip()}")
         elif command.name == "show":
             self.show()
@@ -245,8 +250,6 @@ class Repl:
             say(f"appended the conversation ({count} messages) to {path}")
 
     def show_settings(self, indent: str = "  ") -> None:
-        from gptcli.chat import SETTINGS, describe_settings
-
         for key, value in describe_settings(self.session.settings):
             out.print(f"{indent}{key:<19} {value:<8} {SETTINGS[key]}", markup=False)
 
@@ -279,7 +282,6 @@ def setup_readline() -> Path | None:
         import readline
     except ImportError:  # no readline on this platform: plain input() still works
         return None
-    from gptcli.chat import complete
     from gptcli.store import store_home
 
     path = store_home() / "chat_history"

@@ -9,6 +9,7 @@ import typer
 
 from gptcli.cli.console import print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
 
 HELP = """Label texts with a classifier model (one fine-tuned with --task classify).
 
@@ -38,10 +39,9 @@ def classify(
     ] = False,
 ) -> None:
     from gptcli.checkpoint import load_model
-    from gptcli.errors import GptError
     from gptcli.evaluate import classify_probs
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
 
     if text is not None and text != "-":
         texts = [text]

@@ -23,7 +23,7 @@ def no_color() -> bool:
 class TerminalConsole(Console):
     """A rich Console whose colour system follows the terminal and NO_COLOR as it prints."""
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[override]  # rich's attribute, made a property read per print
     def _color_system(self) -> Any:
         if no_color() or not self.is_terminal:
             return None

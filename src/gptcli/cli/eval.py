@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gptcli.cli.console import err, out, print_json, stderr_is_tty
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gptcli.checkpoint import LoadedModel
+    from gptcli.store import ModelStore
 
 HELP = """Measure models, one row per model: mean loss per token (nats), perplexity and bits per
 byte, or multiple-choice accuracy.
@@ -85,7 +93,7 @@ class EvalProgress:
         if self.progress is not None:
             self.progress.stop()
 
-    def track(self, description: str, unit: str):  # type: ignore[no-untyped-def]
+    def track(self, description: str, unit: str) -> Callable[[int, int], None] | None:
         """A (done, total) callback that moves the bar, or None when there is no bar."""
         if self.progress is None:
             return None
@@ -100,10 +108,9 @@ class EvalProgress:
         return report
 
 
-def validation_tokens(loaded, store):  # type: ignore[no-untyped-def]
+def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarray, int]:
     """The validation split recorded at training time: (tokens, UTF-8 bytes of its text)."""
     from gptcli.data import build_corpus, load_tokens, read_corpus
-    from gptcli.errors import GptError
 
     data = loaded.info.get("data") or {}
     key = data.get("cache_key")
@@ -137,8 +144,6 @@ def is_classifier(model_dir: Path) -> bool:
 
 
 def jsonl_files(data: list[str]) -> list[Path]:
-    from gptcli.errors import GptError
-
     for raw in data:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -188,7 +193,6 @@ def evaluate(
 ) -> None:
     from gptcli.checkpoint import load_model
     from gptcli.data import find_text_files, read_text
-    from gptcli.errors import GptError
     from gptcli.evaluate import (
         LMScore,
         read_choice_file,
@@ -198,10 +202,10 @@ def evaluate(
         score_tokens,
         scored_bytes,
     )
-    from gptcli.finetune import read_labelled
     from gptcli.generate import inference_dtype, prepare_for_inference
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
+    from gptcli.tasks.classify import read_labelled
 
     store = ModelStore()
     model_dirs = [store.resolve(ref) for ref in models or [None]]

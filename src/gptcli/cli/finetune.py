@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,36 +15,18 @@ from gptcli.cli.runconfig import (
     print_config,
     resolved_config,
 )
-from gptcli.cli.train import (
-    BatchSize,
-    Compile,
-    Device,
-    Dtype,
-    EvalEvery,
+from gptcli.cli.train import run_training
+from gptcli.cli.trainflags import (
     Force,
-    GradAccum,
     Inputs,
     JsonOut,
-    Lr,
-    MaxSteps,
-    MaxTime,
-    MinLrRatio,
-    MuonLr,
     Quiet,
     Resume,
-    SampleEvery,
-    SamplePrompt,
-    SaveEvery,
-    Schedule,
-    Seed,
-    SkipNonfinite,
-    ValFraction,
-    WarmupSteps,
-    WeightDecay,
-    run_training,
     train_config,
     train_settings,
+    training_flags,
 )
+from gptcli.errors import GptError
 
 HELP = """Fine-tune a stored model (BASE is never modified; the result is a new model).
 
@@ -60,6 +42,7 @@ Example: gpt finetune stories examples/chat.jsonl --name stories-chat
 """
 
 
+@training_flags("finetune", after="aux_lm_weight")
 def finetune(
     ctx: typer.Context,
     base: Annotated[
@@ -89,34 +72,14 @@ def finetune(
     aux_lm_weight: Annotated[
         float, typer.Option(help="classify: weight of the language-model loss (0 turns it off).")
     ] = 0.5,
-    max_steps: MaxSteps = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = None,
-    lr: Lr = None,
-    muon_lr: MuonLr = None,
-    schedule: Schedule = None,
-    warmup_steps: WarmupSteps = None,
-    min_lr_ratio: MinLrRatio = None,
-    weight_decay: WeightDecay = None,
-    eval_every: EvalEvery = None,
-    save_every: SaveEvery = None,
-    skip_nonfinite: SkipNonfinite = None,
-    sample_every: SampleEvery = None,
-    sample_prompt: SamplePrompt = None,
-    val_fraction: ValFraction = None,
-    seed: Seed = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    compile: Compile = None,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
     print_config_: PrintConfig = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
+    **flags: Any,
 ) -> None:
-    from gptcli.errors import GptError
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 
@@ -125,32 +88,10 @@ def finetune(
     if resume and force:
         raise GptError("--resume and --force do not go together")
     defaults = dict(FINETUNE_DEFAULTS)
-    if max_time is not None or resume:
+    if flags.get("max_time") is not None or resume:
         # a time budget alone bounds the run; a resumed run keeps its stored budget
         defaults.pop("max_steps")
-    cfg = train_config(
-        max_time,
-        defaults,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        muon_lr=muon_lr,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        min_lr_ratio=min_lr_ratio,
-        weight_decay=weight_decay,
-        eval_every=eval_every,
-        save_every=save_every,
-        skip_nonfinite=skip_nonfinite,
-        sample_every=sample_every,
-        sample_prompt=sample_prompt,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        compile=compile,
-    )
+    cfg = train_config(flags, defaults)
     if name is not None:
         check_name(name)
     settings = resolved_config(ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs)})
@@ -165,8 +106,6 @@ def finetune(
         raise missing(ctx, "option '--name'", "name")
 
     from gptcli.finetune import FinetuneRequest
-    from gptcli.finetune import finetune as run_finetune
-    from gptcli.store import ModelStore
 
     request = FinetuneRequest(
         base=base,
@@ -180,6 +119,4 @@ def finetune(
         resume=resume,
         config=settings,
     )
-    run_training(
-        lambda observer, log: run_finetune(request, ModelStore(), observer, log), quiet, json_out
-    )
+    run_training(request, quiet, json_out)

@@ -11,6 +11,7 @@ import typer
 
 from gptcli.cli.console import info, print_json
 from gptcli.cli.options import ModelOption
+from gptcli.errors import GptError
 
 if TYPE_CHECKING:
     from gptcli.checkpoint import LoadedModel
@@ -80,8 +81,6 @@ def sleeping_omp_threads() -> None:
 
 def read_prompt(prompt: str | None) -> str:
     """The argument, or all of stdin when it is omitted or '-'."""
-    from gptcli.errors import GptError
-
     if prompt is not None and prompt != "-":
         return prompt
     if sys.stdin.isatty():
@@ -101,8 +100,8 @@ def load_for_inference(
 
     from gptcli.checkpoint import load_model
     from gptcli.generate import inference_dtype, prepare_for_inference
+    from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
-    from gptcli.train import pick_device
 
     if threads is not None:  # else torch's default: one per physical core
         torch.set_num_threads(threads)
@@ -150,7 +149,6 @@ def generate(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     sleeping_omp_threads()
-    from gptcli.errors import GptError
     from gptcli.sample import SamplingSettings
 
     settings = SamplingSettings(

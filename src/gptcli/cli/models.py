@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from gptcli.cli.console import info, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
 
 app = typer.Typer(
     help="List, inspect, remove and choose stored models; import and export Hugging Face "
@@ -21,7 +23,7 @@ ModelName = Annotated[
 ]
 
 
-def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
+def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
     """What the store knows of a model, from its JSON files alone (no weights loaded).
 
     A run still training before its first checkpoint has only train.json: its shape fields
@@ -29,6 +31,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     """
     from gptcli import hf
     from gptcli.config import ModelConfig
+    from gptcli.record import read_record
     from gptcli.store import count_parameters, read_json
 
     config: Any = None
@@ -39,7 +42,7 @@ def summarize(path: Any, default: str | None = None) -> dict[str, Any]:
     elif (path / "config.json").is_file():
         config = ModelConfig.from_dict(read_json(path / "config.json"))
         params = count_parameters(path / "model.safetensors")
-    info = read_json(path / "train.json") if (path / "train.json").is_file() else {}
+    info = read_record(path)
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     files = info.get("data", {}).get("files", [])
@@ -134,7 +137,6 @@ def human_time(seconds: float | None) -> str:
 def list_cmd(json_out: JsonOption = False) -> None:
     from rich.table import Table
 
-    from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -220,8 +222,6 @@ def show_cmd(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
-
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -332,10 +332,8 @@ def fmt_loss(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
 
 
-def write_plot(path: Any, name: str, history: list[dict[str, Any]]) -> None:
+def write_plot(path: Path, name: str, history: list[dict[str, Any]]) -> None:
     """The loss curve as an image, through matplotlib (an optional extra)."""
-    from gptcli.errors import GptError
-
     try:
         import matplotlib
 
@@ -387,7 +385,6 @@ def default_cmd(
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    from gptcli.errors import GptError
     from gptcli.store import ModelStore
 
     store = ModelStore()
@@ -422,13 +419,11 @@ def import_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
-
-    from gptcli.hf import import_hf_dir
-    from gptcli.store import check_name
+    from gptcli.interop import import_hf_dir
+    from gptcli.store import ModelStore, check_name
 
     path = Path(directory).expanduser()
-    summary = import_hf_dir(path, check_name(name or path.resolve().name), force)
+    summary = import_hf_dir(path, check_name(name or path.resolve().name), force, ModelStore())
     if json_out:
         print_json(summary)
         return
@@ -459,11 +454,10 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from pathlib import Path
+    from gptcli.interop import export_hf_dir
+    from gptcli.store import ModelStore
 
-    from gptcli.hf import export_hf_dir
-
-    summary = export_hf_dir(name, Path(directory).expanduser(), force)
+    summary = export_hf_dir(name, Path(directory).expanduser(), force, ModelStore())
     if json_out:
         print_json(summary)
         return

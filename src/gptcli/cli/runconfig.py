@@ -9,12 +9,15 @@ paths on the command line, from the current directory; `--print-config` writes a
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from gptcli.errors import GptError
 
 # Settings about this invocation, not about the run: never read from a file, or not printed.
 NOT_IN_FILE = frozenset({"config", "print_config"})
@@ -32,8 +35,6 @@ def config_keys(command: Any) -> dict[str, Any]:
 
 def convert(value: Any, annotation: Any, where: str) -> Any:
     """A TOML value checked against a flag's type (`int | None`, `list[str]`, ...)."""
-    from gptcli.errors import GptError
-
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is list:
@@ -58,7 +59,6 @@ def convert(value: Any, annotation: Any, where: str) -> Any:
 def load_config_file(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> Any:
     """Eager callback of --config: the file's values become the defaults of the other flags."""
     from gptcli.config import read_toml
-    from gptcli.errors import GptError
 
     if value is None:
         return None
@@ -102,8 +102,6 @@ def print_config(values: dict[str, Any]) -> None:
 
 
 def absolute_inputs(inputs: list[str] | None) -> list[str] | None:
-    import os
-
     return [os.path.abspath(os.path.expanduser(p)) for p in inputs] if inputs else None
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.errors import GptError
+
+if TYPE_CHECKING:
+    from gptcli.tokenizer import Tokenizer
 
 app = typer.Typer(
     help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
@@ -27,8 +32,7 @@ TokenizerOption = Annotated[
 ]
 
 
-def load_tokenizer(model: str | None, tokenizer: str | None):  # type: ignore[no-untyped-def]
-    from gptcli.errors import GptError
+def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
     from gptcli.store import ModelStore
     from gptcli.tokenizer import Tokenizer
 
@@ -63,11 +67,9 @@ def train_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
 ) -> None:
-    from gptcli.config import TrainConfig
     from gptcli.data import read_corpus
-    from gptcli.errors import GptError
+    from gptcli.pretrain import prepare_tokenizer
     from gptcli.store import ModelStore, check_name, write_text_atomic
-    from gptcli.train import TrainRequest, prepare_tokenizer
 
     store = ModelStore()
     target = store.tokenizers_dir / check_name(name) / "tokenizer.json"
@@ -75,15 +77,9 @@ def train_cmd(
         raise GptError(f"a tokenizer named {name!r} already exists (use --force to replace it)")
     if char and vocab_size is not None:
         raise GptError("--vocab-size does not apply to --char")
-    request = TrainRequest(
-        inputs=inputs,
-        name=name,
-        cfg=TrainConfig(),
-        preset="tiny",
-        tokenizer="char" if char else "bpe",
-        vocab_size=vocab_size,
-    )
-    tok = prepare_tokenizer(request, read_corpus(inputs), store, log=lambda m: info(m, quiet))
+    choice = "char" if char else "bpe"
+    log = lambda m: info(m, quiet)  # noqa: E731
+    tok = prepare_tokenizer(choice, vocab_size, read_corpus(inputs), store, log)
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:
@@ -129,7 +125,7 @@ def encode_cmd(
     err.print(f"[dim]{len(ids)} tokens: {' '.join(map(str, ids))}[/dim]")
 
 
-def shown_pieces(tok, ids: list[int]) -> list[str]:  # type: ignore[no-untyped-def]
+def shown_pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
     """Each token's text, with the bytes of a partial character (a multi-byte character split
     between tokens, as in Chinese with BPE) written \\xNN instead of U+FFFD."""
     pieces = []
@@ -146,10 +142,7 @@ def decode_cmd(
     tokenizer: TokenizerOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON with the text.")] = False,
 ) -> None:
-    import sys
-
     from gptcli.cli.generate import read_prompt
-    from gptcli.errors import GptError
 
     tok = load_tokenizer(model, tokenizer)
     words = ids if ids else read_prompt(None).replace(",", " ").split()

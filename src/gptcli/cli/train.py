@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +18,20 @@ from gptcli.cli.runconfig import (
     print_config,
     resolved_config,
 )
+from gptcli.cli.trainflags import (
+    Force,
+    Inputs,
+    JsonOut,
+    Quiet,
+    Resume,
+    train_config,
+    train_settings,
+    training_flags,
+)
+from gptcli.errors import GptError
+
+if TYPE_CHECKING:
+    from gptcli.run import Job
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
 
@@ -108,20 +123,10 @@ def fmt(loss: float | None) -> str:
 
 
 def default_name(inputs: list[str]) -> str:
-    import re
-
     stem = Path(inputs[0]).expanduser().resolve().stem or "model"
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_")[:100] or "model"
 
 
-Inputs = Annotated[
-    list[str] | None,
-    typer.Argument(
-        metavar="FILE_OR_DIR...",
-        help="Text files, directories of .txt files, or globs (or inputs in --config).",
-        show_default=False,
-    ),
-]
 Name = Annotated[
     str | None,
     typer.Option("--name", "-o", help="Model name in the store (default: first file's name)."),
@@ -135,125 +140,22 @@ Preset = Annotated[
 Family = Annotated[
     str | None, typer.Option(help="modern (rotary, RMSNorm, Muon; default) or gpt2 (GPT-2 layout).")
 ]
-
-# Training flags shared by `train` and `finetune`; None means "the command's default".
-MaxSteps = Annotated[
-    int | None, typer.Option(help="Stop after this many steps (default: 2000 when no --max-time).")
-]
-MaxTime = Annotated[str | None, typer.Option(help="Stop after this long: 30s, 5m, 1h.")]
-BatchSize = Annotated[
-    int | None, typer.Option(help="Sequences per optimizer step, over all processes (default: 16).")
-]
-GradAccum = Annotated[
-    int | None,
-    typer.Option(help="Micro-batches per step, to reach a large batch in little memory."),
-]
 BlockSize = Annotated[int | None, typer.Option(help="Context length (default: the preset's).")]
-Lr = Annotated[
-    float | None,
-    typer.Option(
-        help="Peak AdamW learning rate (embeddings, head, gains; all with --optimizer adamw)."
-    ),
-]
-MuonLr = Annotated[
-    float | None, typer.Option(help="Peak Muon learning rate (matrices in the blocks).")
-]
-Optimizer = Annotated[
-    str | None, typer.Option(help="auto (Muon + AdamW for modern, AdamW for gpt2), muon or adamw.")
-]
-Schedule = Annotated[
-    str | None, typer.Option(help="wsd (warmup, stable, linear cooldown; default) or cosine.")
-]
-MinLrRatio = Annotated[
-    float | None,
-    typer.Option(help="The learning rate decays to this fraction of its peak (default: 0)."),
-]
-WarmupSteps = Annotated[int | None, typer.Option(help="Learning-rate warmup steps.")]
-WeightDecay = Annotated[float | None, typer.Option(help="Weight decay on matrices.")]
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
-EvalEvery = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: 100).")]
-SampleEvery = Annotated[
-    int | None,
-    typer.Option(
-        help="Print a short sample every N steps, 0 for none (default: ten in a run, none in "
-        "runs under 1000 steps or 2 minutes).",
-    ),
-]
-SamplePrompt = Annotated[
-    str | None,
-    typer.Option(help="Prompt of those samples (default: the first words of the text)."),
-]
-SaveEvery = Annotated[
-    str | None,
-    typer.Option(
-        help="Checkpoint every N steps (e.g. 500) or every so long (e.g. 10m) "
-        "(default: 5m), and always at the end."
-    ),
-]
-SkipNonfinite = Annotated[
-    int | None,
-    typer.Option(help="Skip up to N batches whose loss is NaN or infinite instead of stopping."),
-]
-ValFraction = Annotated[
-    float | None,
-    typer.Option(help="Fraction of the text held out for validation, from its end (default: 0.1)."),
-]
-Seed = Annotated[int | None, typer.Option(help="Random seed (default: 1337).")]
-Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")]
-Dtype = Annotated[
-    str | None,
-    typer.Option(
-        help="auto (bfloat16 autocast on CUDA, float32 elsewhere), float32, bfloat16, float16."
-    ),
-]
-Compile = Annotated[
-    bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile the model (default: on for CUDA)."),
-]
-Resume = Annotated[
-    bool,
-    typer.Option(
-        "--resume", help="Continue the stored model of this name exactly where it stopped."
-    ),
-]
-Force = Annotated[bool, typer.Option("--force", help="Replace a model of the same name.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress, samples or messages on stderr.")
-]
 
 
-def train_config(max_time: str | None, defaults: dict[str, Any] | None = None, **given: Any):  # type: ignore[no-untyped-def]
-    """TrainConfig from the flags that were given, over the command's defaults."""
-    from gptcli.config import TrainConfig, parse_duration
-
-    values = dict(defaults or {})
-    save_every = given.pop("save_every", None)
-    values.update({k: v for k, v in given.items() if v is not None})
-    if max_time is not None:
-        values["max_time"] = parse_duration(max_time)
-    if save_every is not None:
-        if save_every.strip().isdigit():
-            values["save_every"], values["save_seconds"] = int(save_every), None
-        else:
-            values["save_every"], values["save_seconds"] = None, parse_duration(save_every)
-    return TrainConfig(**values)
-
-
-def train_settings(cfg: Any) -> dict[str, Any]:
-    """A TrainConfig as config-file values: every setting resolved, max_time as given."""
-    return {k: v for k, v in cfg.to_dict().items() if k != "max_time"}
-
-
-def run_training(job: Any, quiet: bool, json_out: bool) -> None:
-    """Runs a training job (a callable taking observer and log) and prints its summary.
+def run_training(job: Job, quiet: bool, json_out: bool) -> None:
+    """Runs a training job (`run.execute`) with a progress display and prints its summary.
 
     Under torchrun only rank 0 prints.
     """
+    from gptcli.run import execute
+    from gptcli.store import ModelStore
+
     main_process = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_process
     with TrainProgress(quiet) as progress:
-        summary = job(progress, lambda m: info(m, quiet))
+        summary = execute(job, ModelStore(), progress, lambda m: info(m, quiet))
     if not main_process:
         return
     if json_out:
@@ -268,6 +170,7 @@ def run_training(job: Any, quiet: bool, json_out: bool) -> None:
         info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
 
 
+@training_flags("train", after="dropout")
 def train(
     ctx: typer.Context,
     inputs: Inputs = None,
@@ -286,38 +189,17 @@ def train(
     vocab_size: Annotated[
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus size).")
     ] = None,
-    max_steps: MaxSteps = None,
-    max_time: MaxTime = None,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = None,
     block_size: BlockSize = None,
-    lr: Lr = None,
-    muon_lr: MuonLr = None,
-    optimizer: Optimizer = None,
-    schedule: Schedule = None,
-    warmup_steps: WarmupSteps = None,
-    min_lr_ratio: MinLrRatio = None,
-    weight_decay: WeightDecay = None,
     dropout: Dropout = None,
-    eval_every: EvalEvery = None,
-    save_every: SaveEvery = None,
-    skip_nonfinite: SkipNonfinite = None,
-    sample_every: SampleEvery = None,
-    sample_prompt: SamplePrompt = None,
-    val_fraction: ValFraction = None,
-    seed: Seed = None,
-    device: Device = None,
-    dtype: Dtype = None,
-    compile: Compile = None,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
     print_config_: PrintConfig = False,
     json_out: JsonOut = False,
     quiet: Quiet = False,
+    **flags: Any,
 ) -> None:
     from gptcli.config import FAMILIES, PRESETS
-    from gptcli.errors import GptError
     from gptcli.store import check_name
 
     if preset != "auto" and preset not in PRESETS:
@@ -328,29 +210,7 @@ def train(
         raise GptError("--block-size must be at least 1")
     if resume and force:
         raise GptError("--resume and --force do not go together")
-    cfg = train_config(
-        max_time,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        muon_lr=muon_lr,
-        optimizer=optimizer,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        min_lr_ratio=min_lr_ratio,
-        weight_decay=weight_decay,
-        eval_every=eval_every,
-        save_every=save_every,
-        skip_nonfinite=skip_nonfinite,
-        sample_every=sample_every,
-        sample_prompt=sample_prompt,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        compile=compile,
-    )
+    cfg = train_config(flags)
     name = check_name(name) if name is not None else (default_name(inputs) if inputs else None)
     settings = resolved_config(
         ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs), "name": name}
@@ -361,8 +221,7 @@ def train(
     if not inputs:
         raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
 
-    from gptcli.store import ModelStore
-    from gptcli.train import TrainRequest, train_from_scratch
+    from gptcli.pretrain import TrainRequest
 
     request = TrainRequest(
         inputs=inputs,
@@ -376,11 +235,7 @@ def train(
         dropout=dropout,
         force=force,
         resume=resume,
-        auto_batch=batch_size is None,
+        auto_batch=flags.get("batch_size") is None,
         config=settings,
     )
-    run_training(
-        lambda observer, log: train_from_scratch(request, ModelStore(), observer, log),
-        quiet,
-        json_out,
-    )
+    run_training(request, quiet, json_out)

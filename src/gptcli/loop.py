@@ -1,0 +1,320 @@
+"""The one training loop behind `train` and `finetune`: optimizers, schedule, eval, checkpoints.
+
+The learning-rate schedule runs on progress = max(step / max_steps, elapsed / max_time), so a
+run bounded by time decays its learning rate on time, and still ends on a cooled-down model.
+Ctrl+C asks the loop to stop at the end of the current step and save (a second one aborts).
+
+The loop knows batches (anything with `sample()`, `fixed()`, `device`, `batch_size`,
+`block_size` and `generator`), a model and a save hook; nothing about files, tasks or the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from gptcli.config import TrainConfig
+from gptcli.errors import GptError
+from gptcli.model import GPT
+from gptcli.optim import make_muon, split_parameters
+from gptcli.runtime import Distributed, autocast_context, autocast_dtype, should_compile
+
+DEFAULT_MAX_STEPS = 2000
+
+
+@dataclass
+class StepStats:
+    step: int
+    total_steps: int | None
+    train_loss: float | None
+    val_loss: float | None
+    lr: float
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    progress: float  # 0..1 of the step or time budget
+
+
+@dataclass
+class TrainState:
+    """Where a run is: enough, with the optimizer and RNG states, to resume it exactly."""
+
+    step: int = 0
+    seconds: float = 0.0  # training time spent so far, across resumes
+    train_loss: float | None = None  # smoothed
+    val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = ""  # "max_steps", "max_time" or "interrupted" once finished
+    skipped: int = 0  # batches whose loss was not finite, left out
+
+
+class Diverged(GptError):
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(
+            f"training diverged: the loss is {loss} at step {step} (try a lower "
+            "--lr, or --skip-nonfinite N to skip such batches)"
+        )
+
+
+class BatchSource(Protocol):
+    """What the loop draws batches from: token windows (`data.Batches`) or whole examples
+    (`tasks.examples.ExampleBatches`). A batch is the model's keyword arguments."""
+
+    device: torch.device
+    batch_size: int
+    block_size: int
+    generator: torch.Generator
+
+    def sample(self) -> dict[str, Any]: ...
+
+    def fixed(self, count: int, seed: int) -> Iterator[dict[str, Any]]: ...
+
+
+class TrainObserver(Protocol):
+    def on_step(self, stats: StepStats) -> None: ...
+
+    def on_eval(self, stats: StepStats) -> None: ...
+
+
+def make_optimizers(
+    model: GPT, cfg: TrainConfig, device: torch.device
+) -> list[torch.optim.Optimizer]:
+    """Muon for the block matrices and AdamW for the rest, or AdamW for everything.
+
+    Weight decay applies to matrices only, never to norms, biases or gains.
+    """
+    use_muon = cfg.optimizer == "muon" or (
+        cfg.optimizer == "auto" and model.config.family == "modern"
+    )
+    fused = device.type == "cuda"
+    if use_muon:
+        hidden, other = split_parameters(model)
+        adam = torch.optim.AdamW(
+            [{"params": other, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            fused=fused,
+        )
+        return [make_muon(hidden, cfg.muon_lr, cfg.weight_decay), adam]
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)]
+
+
+def lr_factor(progress: float, step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay, or constant then a linear cooldown (wsd)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(max(progress, 0.0), 1.0)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.cooldown == 0 or progress < 1 - cfg.cooldown:
+        return 1.0
+    return floor + (1 - floor) * (1 - progress) / cfg.cooldown
+
+
+@torch.no_grad()
+def estimate_loss(
+    model: GPT, batches: BatchSource, count: int, seed: int, autocast: torch.dtype | None
+) -> float:
+    was_training = model.training
+    model.eval()
+    losses = []
+    for batch in batches.fixed(count, seed):
+        with autocast_context(batches.device, autocast):
+            loss = model(**batch)[1]
+        assert loss is not None  # batches always carry targets
+        losses.append(loss.item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """First Ctrl+C sets the event (the loop stops after its step and saves); a second aborts."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, BatchSource], None]
+
+
+def train_model(
+    model: GPT,
+    train: BatchSource,
+    val: BatchSource | None,
+    cfg: TrainConfig,
+    observer: TrainObserver | None = None,
+    state: TrainState | None = None,
+    optimizers: list[torch.optim.Optimizer] | None = None,
+    save: SaveHook | None = None,
+    dist: Distributed | None = None,
+) -> TrainState:
+    """Runs the loop until max_steps, max_time or Ctrl+C; the model is trained in place.
+
+    `state` and `optimizers` (already loaded) continue an earlier run; `save` is called every
+    `save_every` steps and at the end (on the main process only).
+    """
+    dist = dist or Distributed()
+    state = state or TrainState()
+    max_steps = cfg.max_steps
+    if max_steps is None and cfg.max_time is None:
+        max_steps = DEFAULT_MAX_STEPS
+    device = train.device
+    optimizers = optimizers or make_optimizers(model, cfg, device)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    amp = autocast_dtype(cfg, device)
+    if device.type == "cuda":  # TF32 matmuls for whatever still runs in float32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    forward: Callable[..., Any] = torch.compile(model) if should_compile(cfg, device) else model
+    ddp = None
+    if dist.enabled:
+        ddp = DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        forward = ddp
+    tokens_per_step = train.batch_size * train.block_size * cfg.grad_accum * dist.world
+    start = time.perf_counter() - state.seconds
+    run_start_step, run_start = state.step, time.perf_counter()
+
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    def progress() -> float:
+        parts = []
+        if max_steps is not None:
+            parts.append(state.step / max_steps)
+        if cfg.max_time is not None:
+            parts.append(elapsed() / cfg.max_time)
+        return max(parts)
+
+    def snapshot() -> StepStats:
+        now = time.perf_counter()
+        rate = (state.step - run_start_step) * tokens_per_step / max(now - run_start, 1e-9)
+        return StepStats(
+            state.step,
+            max_steps,
+            state.train_loss,
+            state.val_loss,
+            optimizers[-1].param_groups[0]["lr"],
+            state.step * tokens_per_step,
+            elapsed(),
+            rate,
+            progress(),
+        )
+
+    def evaluate() -> None:
+        if val is not None and dist.is_main:
+            state.val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1, amp)
+        stats = snapshot()
+        state.history.append(
+            {
+                "step": state.step,
+                "tokens": stats.tokens,
+                "seconds": round(stats.seconds, 3),
+                "train_loss": state.train_loss,
+                "val_loss": state.val_loss,
+                "lr": stats.lr,
+            }
+        )
+        if observer and dist.is_main:
+            observer.on_eval(stats)
+
+    def checkpoint() -> None:
+        state.seconds = elapsed()
+        if save is not None and dist.is_main:
+            save(model, optimizers, state, train)
+
+    last_save = elapsed()
+    if not state.history:
+        evaluate()  # the starting point of the loss curve
+    model.train()
+    with stop_on_sigint() as interrupted:
+        while True:
+            reason = ""
+            if max_steps is not None and state.step >= max_steps:
+                reason = "max_steps"
+            elif cfg.max_time is not None and elapsed() >= cfg.max_time:
+                reason = "max_time"
+            elif interrupted.is_set():
+                reason = "interrupted"
+            if dist.any(bool(reason), device):
+                state.stopped = reason or "stopped by another process"
+                break
+            factor = lr_factor(progress(), state.step, cfg)
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = train.sample()
+                last = micro == cfg.grad_accum - 1
+                with (
+                    ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext(),
+                    autocast_context(device, amp),
+                ):
+                    _, loss = forward(**batch)
+                    assert loss is not None
+                    (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+            if dist.any(not math.isfinite(total), device):
+                # the weights are still the last good ones: this batch is not applied
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                state.skipped += 1
+                if state.skipped > cfg.skip_nonfinite:
+                    raise Diverged(state.step + 1, total)
+                continue
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            state.step += 1
+            state.train_loss = (
+                total if state.train_loss is None else 0.9 * state.train_loss + 0.1 * total
+            )
+            if state.step % cfg.eval_every == 0:
+                evaluate()
+            elif observer and dist.is_main:
+                observer.on_step(snapshot())
+            if (cfg.save_every and state.step % cfg.save_every == 0) or (
+                cfg.save_seconds and elapsed() - last_save >= cfg.save_seconds
+            ):
+                checkpoint()
+                last_save = elapsed()
+    if state.history[-1]["step"] != state.step:
+        evaluate()
+    checkpoint()
+    model.eval()
+    return state

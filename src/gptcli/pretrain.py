@@ -1,0 +1,225 @@
+"""`gpt train`: from text files to a new stored model (tokenizer, model shape, training).
+
+The request (`TrainRequest`) is a job for `run.execute`: it checks itself, reads the corpus,
+trains or loads a tokenizer, chooses the shape (`--preset auto`) and builds the model and its
+batches; locking, resuming, checkpoints and the loop are the run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as torch_dist
+
+from gptcli.checkpoint import load_model
+from gptcli.config import PRESETS, ModelConfig, TrainConfig
+from gptcli.data import Texts, build_corpus, read_corpus
+from gptcli.errors import GptError
+from gptcli.model import GPT
+from gptcli.monitor import prompt_from
+from gptcli.record import continued
+from gptcli.run import Log, Prepared, check_target, resumed_config
+from gptcli.runtime import Distributed, micro_batch_size
+from gptcli.store import ModelStore
+from gptcli.tasks.text import token_batches
+from gptcli.tokenizer import HFTokenizer, Tokenizer, iter_chunks
+
+MAX_VOCAB = 1_000_000
+
+
+def default_vocab_size(n_bytes: int) -> int:
+    """A BPE vocabulary that suits the corpus: small corpora get few merges."""
+    size = int(4 * math.sqrt(max(n_bytes, 1)))
+    return max(512, min(32768, (size + 63) // 64 * 64))
+
+
+def prepare_tokenizer(
+    choice: str | None,
+    vocab_size: int | None,
+    texts: Texts,
+    store: ModelStore,
+    log: Callable[[str], None],
+) -> Tokenizer:
+    """The tokenizer asked for (None or "bpe", "char", or a stored name / path): trained on
+    `texts`, or loaded from the store or a path."""
+    choice = choice or "bpe"
+    if choice not in ("bpe", "char"):
+        if vocab_size is not None:
+            raise GptError("--vocab-size only applies when a tokenizer is trained (bpe or char)")
+        return Tokenizer.load(store.tokenizer_path(choice))
+    pieces = (chunk for text in texts.iter_text() for chunk in iter_chunks(text))
+    if choice == "char":
+        log("training a char tokenizer")
+        return Tokenizer.train_char(pieces)
+    vocab = vocab_size or default_vocab_size(texts.n_bytes)
+    if not 257 <= vocab <= MAX_VOCAB:
+        raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
+    log(f"training a BPE tokenizer ({vocab} tokens)")
+    return Tokenizer.train_bpe(pieces, vocab)
+
+
+@dataclass
+class Shape:
+    preset: str
+    block_size: int | None = None  # None: the preset's
+    batch_size: int | None = None  # None: as configured
+
+
+@dataclass
+class TrainRequest:
+    """`gpt train`'s job for `run.execute`."""
+
+    command: ClassVar[str] = "gpt train"
+    inputs: list[str]
+    name: str
+    cfg: TrainConfig
+    preset: str = "auto"
+    family: str | None = None  # None: the preset's (modern for new models)
+    tokenizer: str | None = None  # None or "bpe": train BPE; "char"; or a stored name / path
+    vocab_size: int | None = None
+    block_size: int | None = None
+    dropout: float | None = None
+    force: bool = False
+    resume: bool = False
+    auto_batch: bool = False  # the batch size was not given: the chosen shape may set it
+    config: dict[str, Any] | None = None  # the command's settings, as --print-config shows them
+
+    def check(self, store: ModelStore) -> None:
+        check_target(store, self.name, self.force, self.resume)
+        if not self.resume:  # refuse a bad shape before anything is read or written
+            ModelConfig.from_preset(
+                "mini" if self.preset == "auto" else self.preset,
+                family=self.family,
+                block_size=self.block_size,
+                dropout=self.dropout,
+            )
+        if not self.auto_batch:
+            micro_batch_size(self.cfg, Distributed())
+        if self.vocab_size is not None and not 257 <= self.vocab_size <= MAX_VOCAB:
+            raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
+
+    def prepare(
+        self, store: ModelStore, device: torch.device, dist: Distributed, log: Log
+    ) -> Prepared:
+        """Tokenizer -> corpus -> model and batches. With `resume`, the stored model's weights
+        and settings continue (the optimizer and RNG states are the run's to restore)."""
+        request = self  # replaced below by a copy with the chosen context
+        texts = read_corpus(request.inputs)
+        info: dict[str, Any] = {}
+        if request.resume:
+            loaded = load_model(store.model_dir(request.name), device)
+            model, tokenizer, info = loaded.model, loaded.tokenizer, loaded.info
+            cfg = resumed_config(info.get("train", {}), request.cfg)
+        else:
+            tokenizer = None
+            if dist.is_main:
+                tokenizer = prepare_tokenizer(
+                    request.tokenizer, request.vocab_size, texts, store, log
+                )
+            tokenizer = share_tokenizer(tokenizer, dist, device)
+            cfg = request.cfg
+        corpus = None
+        if dist.is_main:
+            corpus = build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+        dist.barrier()
+        corpus = corpus or build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+        if request.resume and corpus.key != info.get("data", {}).get("cache_key"):
+            raise GptError("the training text differs from the run being resumed")
+        n_train = len(corpus.train.tokens)
+        if n_train < 2:
+            raise GptError("the corpus is too small to train on (fewer than 2 training tokens)")
+        log(f"corpus: {n_train:,} training tokens, {len(corpus.val.tokens):,} validation tokens")
+        if not request.resume:
+            shape = choose_shape(request, n_train, device)
+            if shape.batch_size and request.auto_batch:
+                cfg = dataclasses.replace(cfg, batch_size=shape.batch_size)
+            if shape.block_size and request.block_size is None:
+                request = dataclasses.replace(request, block_size=shape.block_size)
+            torch.manual_seed(cfg.seed)
+            model = GPT(model_config_for(request, tokenizer, shape.preset)).to(device)
+        config = model.config
+        log(
+            f"model: {config.family} {config.preset}, {model.num_params() / 1e6:.2f}M "
+            f"parameters, context {config.block_size}, on {device.type}"
+            + (f" x{dist.world}" if dist.enabled else "")
+        )
+        train, val = token_batches(corpus, cfg, config.block_size, device, dist)
+        record = continued(
+            "train",
+            info,
+            request.resume,
+            config=request.config,
+            train=cfg.to_dict(),
+            tokenizer=tokenizer.kind,
+            data=corpus.describe() | {"val_fraction": cfg.val_fraction},
+        )
+        return Prepared(
+            model,
+            tokenizer,
+            train,
+            val,
+            cfg,
+            record,
+            sample_prompt=prompt_from(texts, cfg),
+            summary={"params": model.num_params()},
+        )
+
+
+def choose_shape(request: TrainRequest, n_train_tokens: int, device: torch.device) -> Shape:
+    """`--preset auto`: a model that can make good use of the data, the device and the time.
+
+    Measured on two CPU cores (benchmarks/train_speed.py): under ~20 minutes a 4 x 128 model
+    on short contexts (64) and larger batches (32) learns fastest per second; bigger models only
+    pay off with hours, or on a GPU, and only with data enough to feed them.
+    """
+    if request.preset != "auto":
+        return Shape(request.preset)
+    minutes = (request.cfg.max_time or 0) / 60
+    if device.type == "cpu":
+        if minutes <= 20 or n_train_tokens < 2_000_000:
+            return Shape("mini", block_size=64, batch_size=32)
+        return Shape("small" if minutes <= 180 or n_train_tokens < 50_000_000 else "base")
+    if n_train_tokens < 1_000_000:
+        return Shape("mini")
+    if (minutes and minutes <= 15) or n_train_tokens < 20_000_000:
+        return Shape("small")
+    return Shape("base")
+
+
+def model_config_for(request: TrainRequest, tokenizer: Tokenizer, preset: str) -> ModelConfig:
+    family = request.family or PRESETS[preset].get("family", "modern")
+    config = ModelConfig.from_preset(
+        preset,
+        family=family,
+        vocab_size=tokenizer.vocab_size,
+        block_size=request.block_size,
+        dropout=request.dropout,
+    )
+    if config.vocab_size < tokenizer.vocab_size:
+        raise GptError(
+            f"preset {preset!r} has a vocabulary of {config.vocab_size}, "
+            f"smaller than the tokenizer's {tokenizer.vocab_size}"
+        )
+    return config
+
+
+def share_tokenizer(
+    tokenizer: Tokenizer | None, dist: Distributed, device: torch.device
+) -> Tokenizer:
+    """Rank 0's tokenizer on every rank (sent as JSON bytes in a tensor, no pickle)."""
+    if not dist.enabled:
+        assert tokenizer is not None
+        return tokenizer
+    payload = tokenizer.to_json().encode() if tokenizer is not None else b""
+    size = torch.tensor([len(payload)], dtype=torch.long, device=device)
+    torch_dist.broadcast(size, 0)
+    buffer = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
+    if tokenizer is not None:
+        buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+    torch_dist.broadcast(buffer, 0)
+    return Tokenizer(HFTokenizer.from_str(bytes(buffer.cpu().tolist()).decode()))

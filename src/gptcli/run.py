@@ -1,0 +1,262 @@
+"""One training run, from request to stored model: the pipeline `train` and `finetune` share.
+
+    lock -> check -> device -> prepare (the job's) -> optimizers -> resume -> record, monitor
+         -> loop (checkpoints through CheckpointWriter) -> the new default model
+
+A job (`pretrain.TrainRequest`, `finetune.FinetuneRequest`) says what to check and builds the
+model, the tokenizer and the batches; everything else happens here, once. A run-level feature
+(a checkpoint rule, keep-best, a new summary field) goes in this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from gptcli.checkpoint import load_train_state, save_train_state, write_model_dir
+from gptcli.config import TrainConfig
+from gptcli.errors import GptError
+from gptcli.loop import (
+    BatchSource,
+    Diverged,
+    TrainObserver,
+    TrainState,
+    make_optimizers,
+    train_model,
+)
+from gptcli.model import GPT
+from gptcli.monitor import monitor_for
+from gptcli.record import RunDirectory, RunRecord, checkpoint_result, discard_unsaved
+from gptcli.runtime import Distributed, pick_device
+from gptcli.store import ModelLock, ModelStore, check_name, fault_point, write_text_atomic
+from gptcli.tokenizer import Tokenizer
+
+Log = Callable[[str], None]
+
+
+def silent(message: str) -> None:
+    """The default log: says nothing."""
+
+
+@dataclass
+class Prepared:
+    """A run ready for the loop, as its job built it."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    train: BatchSource
+    val: BatchSource | None
+    cfg: TrainConfig  # the loop's settings
+    record: RunRecord  # train.json, less the result and the history
+    sample_prompt: str | None = None  # samples while training; None for none
+    extra_files: dict[str, str] = field(default_factory=dict)  # more files of the model
+    summary: dict[str, Any] = field(default_factory=dict)  # more keys of the run's summary
+
+
+class Job(Protocol):
+    """What `execute` needs of a request."""
+
+    command: ClassVar[str]  # for the lock: "gpt train"
+    name: str
+    cfg: TrainConfig  # as given (on resume, the budget flags)
+    force: bool
+    resume: bool
+
+    def check(self, store: ModelStore) -> None:
+        """Refuses a bad request before anything is read or written."""
+        ...
+
+    def prepare(
+        self, store: ModelStore, device: torch.device, dist: Distributed, log: Log
+    ) -> Prepared: ...
+
+
+@contextlib.contextmanager
+def model_lock(store: ModelStore, name: str, command: str) -> Iterator[None]:
+    """The writer's lock on a model name (rank 0 only under torchrun); clears stale staging."""
+    if not Distributed().is_main:
+        yield
+        return
+    with ModelLock(store.models_dir, check_name(name), command):
+        for leftover in store.models_dir.glob(f".{name}.*.staging"):
+            shutil.rmtree(leftover, ignore_errors=True)  # from a run that was killed
+        yield
+
+
+def check_target(store: ModelStore, name: str, force: bool, resume: bool) -> None:
+    """NAME must exist to be resumed, and must not exist unless replaced or resumed."""
+    exists = store.exists(name)
+    if resume and not exists:
+        raise GptError(f"no model named {name!r} to resume (drop --resume to start one)")
+    if exists and not (force or resume):
+        raise GptError(
+            f"a model named {name!r} already exists "
+            "(use --resume to continue it, or --force to replace it)"
+        )
+
+
+def budget_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """The budget flags given for a resumed run (the rest comes from the stored run)."""
+    return {
+        k: v for k, v in (("max_steps", cfg.max_steps), ("max_time", cfg.max_time)) if v is not None
+    }
+
+
+def resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
+    """A resumed run's settings: the stored run's (train.json's "train"), with the budget flags
+    given now."""
+    return TrainConfig.from_dict({**stored, **budget_overrides(given)})
+
+
+def execute(
+    job: Job, store: ModelStore, observer: TrainObserver | None = None, log: Log = silent
+) -> dict[str, Any]:
+    """Runs a job under its model's lock; returns the run's summary (name, path, result)."""
+    with model_lock(store, job.name, job.command):
+        dist = Distributed()
+        if not dist.is_main:
+            log = silent
+        job.check(store)
+        device = dist.setup(pick_device(job.cfg.device))
+        run = job.prepare(store, device, dist, log)
+        target = store.model_dir(job.name)
+        optimizers = make_optimizers(run.model, run.cfg, device)
+        state = TrainState()
+        if job.resume:
+            saved = load_train_state(
+                target / "train_state.safetensors", optimizers, run.train.generator
+            )
+            state = TrainState(**saved)
+            if state.stopped in ("max_steps", "max_time") and not budget_overrides(job.cfg):
+                log("that run had finished; give a larger --max-steps or --max-time to go on")
+            log(f"resuming at step {state.step}")
+        claimed = False  # live metrics in train.json and samples: see gptcli.record, monitor
+        if dist.is_main:
+            run_dir = RunDirectory(store, job.name, run.record, state.history)
+            claimed = run_dir.claim()
+            sampling = None
+            if run.sample_prompt is not None:
+                sampling = (run.model, run.tokenizer, run.sample_prompt)
+            observer = monitor_for(observer, run_dir, run.cfg, sampling)
+        saver = CheckpointWriter(
+            store,
+            job.name,
+            run.tokenizer,
+            run.record,
+            replace=job.force or job.resume or claimed,
+            extra_files=run.extra_files,
+        )
+        run_and_store(
+            run.model,
+            run.train,
+            run.val,
+            run.cfg,
+            observer,
+            state,
+            optimizers,
+            saver,
+            dist,
+            discard=target if claimed else None,
+        )
+        return {"name": job.name, "path": str(target), **run.summary, **saver.last}
+
+
+class CheckpointWriter:
+    """Writes the whole model directory (weights, state, train.json) and swaps it into place."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        name: str,
+        tokenizer: Tokenizer,
+        record: RunRecord,
+        replace: bool,
+        extra_files: dict[str, str] | None = None,
+    ) -> None:
+        self.store, self.name, self.tokenizer, self.record = store, name, tokenizer, record
+        self.replace = replace
+        self.extra_files = extra_files or {}
+        self.last: dict[str, Any] = {}
+
+    def save(
+        self,
+        model: GPT,
+        optimizers: list[torch.optim.Optimizer],
+        state: TrainState,
+        batches: BatchSource,
+    ) -> None:
+        result = checkpoint_result(
+            state.step,
+            state.history[-1]["tokens"],
+            state.train_loss,
+            state.val_loss,
+            state.seconds,
+            state.stopped,
+        )
+        info = self.record.to_dict(result, state.history)
+        fault_point("save")
+        try:
+            target = self.store.model_dir(self.name)
+            with self.store.staged(target, force=self.replace) as staging:
+                write_model_dir(staging, model, self.tokenizer, info)
+                for filename, text in self.extra_files.items():
+                    write_text_atomic(staging / filename, text)
+                save_train_state(
+                    staging / "train_state.safetensors",
+                    optimizers,
+                    dataclasses.asdict(state),
+                    batches.generator,
+                )
+                fault_point("staged")
+        except OSError as exc:
+            raise GptError(
+                f"could not save the checkpoint at step {state.step} "
+                f"({exc.strerror or exc}); {self.kept()}"
+            ) from None
+        self.replace = True  # from now on we replace our own checkpoint
+        self.last = result
+
+    def kept(self) -> str:
+        """What is on disk now, for messages after a failure."""
+        if self.last:
+            return f"the previous checkpoint (step {self.last['steps']}) is kept"
+        return "no checkpoint had been saved yet"
+
+
+def run_and_store(
+    model: GPT,
+    train: BatchSource,
+    val: BatchSource | None,
+    cfg: TrainConfig,
+    observer: TrainObserver | None,
+    state: TrainState,
+    optimizers: list[torch.optim.Optimizer],
+    saver: CheckpointWriter,
+    dist: Distributed,
+    discard: Path | None = None,
+) -> None:
+    """The loop, checkpointing through `saver`; then the model becomes the store's default.
+
+    A divergence says which checkpoint survives. `discard`: a directory this run created for
+    its live metrics, removed if the run fails before its first checkpoint.
+    """
+    try:
+        train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist)
+        dist.barrier()  # every rank waits for rank 0's last checkpoint before the group closes
+    except BaseException as exc:
+        if discard is not None:
+            discard_unsaved(discard)
+        if isinstance(exc, Diverged):
+            raise GptError(f"{exc}; {saver.kept()}") from None
+        raise
+    finally:
+        dist.close()
+    if dist.is_main:
+        saver.store.set_default(saver.name)

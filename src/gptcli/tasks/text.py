@@ -1,0 +1,55 @@
+"""The text task: more plain text with the base's tokenizer (domain adaptation).
+
+Also where token windows for the loop are cut from a corpus, for `gpt train` as well.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptcli.config import TrainConfig
+from gptcli.data import Batches, Corpus, build_corpus, read_corpus
+from gptcli.errors import GptError
+from gptcli.monitor import prompt_from
+from gptcli.runtime import Distributed, micro_batch_size
+from gptcli.tasks.base import TaskData, TaskInputs
+
+NAME = "text"
+
+
+def recognises(files: list[Path], first: dict[str, Any] | None) -> bool:
+    return all(f.suffix != ".jsonl" for f in files)
+
+
+def token_batches(
+    corpus: Corpus, cfg: TrainConfig, block_size: int, device: torch.device, dist: Distributed
+) -> tuple[Batches, Batches | None]:
+    """Training windows (this process's share of each batch) and validation windows."""
+    train = Batches(
+        corpus.train.tokens,
+        micro_batch_size(cfg, dist),
+        block_size,
+        device,
+        cfg.seed,
+        dist.rank,
+        dist.world,
+    )
+    val = None
+    if len(corpus.val.tokens) >= 2:
+        val = Batches(corpus.val.tokens, cfg.batch_size, block_size, device, cfg.seed + 1)
+    return train, val
+
+
+def prepare(inputs: TaskInputs) -> TaskData:
+    cfg = inputs.cfg
+    texts = read_corpus([str(f) for f in inputs.files])
+    corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
+    if len(corpus.train.tokens) < 2:
+        raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")
+    block_size = inputs.model.config.block_size
+    train, val = token_batches(corpus, cfg, block_size, inputs.device, inputs.dist)
+    data = corpus.describe() | {"val_fraction": cfg.val_fraction}
+    return TaskData(train, val, data, sample_prompt=prompt_from(texts, cfg))
