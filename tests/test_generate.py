@@ -276,20 +276,25 @@ def test_cuda_graph_and_dtype_switches() -> None:
         inference_dtype("int4", cpu)
 
 
-@pytest.mark.parametrize("kind", ["onednn", "int8"])
-@pytest.mark.parametrize("shape", [(96, 32), (300, 32), (97, 16)])
+@pytest.mark.parametrize("kind", ["onednn", "rowblocks", "int8"])
+@pytest.mark.parametrize("shape", [(96, 32), (300, 32), (97, 16)])  # 97 rows: no row blocks
 def test_packed_weight_equals_linear(kind: str, shape: tuple[int, int]) -> None:
-    """Each fast path gives F.linear's result: exactly the same product for oneDNN's packed
-    bfloat16 weight; for int8, F.linear over the dequantized weight, and the float32 product
-    within the int8 rounding (half a step of each row's scale)."""
+    """Each fast path gives F.linear's result: the same product for oneDNN's packed bfloat16
+    weight and float32's row blocks; for int8, F.linear over the dequantized weight, and the
+    float32 product within the int8 rounding (half a step of each row's scale)."""
     weight = torch.randn(*shape)
     bias = torch.randn(shape[0])
-    packed = PackedWeight(weight, kind, torch.bfloat16)
+    activations = torch.float32 if kind == "rowblocks" else torch.bfloat16
+    packed = PackedWeight(weight, kind, activations)
     for rows in ((1, 1), (2, 5)):  # one token (decode) and a batch of sequences
-        x = torch.randn(*rows, shape[1]).to(torch.bfloat16)
+        x = torch.randn(*rows, shape[1]).to(activations)
         for b in (None, bias):
             got = packed(x, b).float()
             assert got.shape == (*rows, shape[0])
+            if kind == "rowblocks":
+                want = torch.nn.functional.linear(x, weight, b)
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                continue
             bb = None if b is None else b.to(torch.bfloat16).float()
             if kind == "onednn":
                 want = torch.nn.functional.linear(x.float(), weight.bfloat16().float(), bb)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gptcli.errors import GptError
-from gptcli.hardware import cpu_has_fast_bf16
+from gptcli.hardware import cpu_has_fast_bf16, cpu_is_amd
 from gptcli.model import GPT, KVCache
 from gptcli.sample import (
     SamplingSettings,
@@ -55,8 +55,9 @@ def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
 
     torch.int8: every `Linear`, the head included, runs on int8 weights with per-output-row
     scales; the other parameters (embeddings, norms, biases) and the activations are in
-    `int8_activations`' dtype. bfloat16 on the CPU: oneDNN on prepacked weights. float32 keeps
-    plain `F.linear` (MKL's GEMV), which measured fastest of the float32 options.
+    `int8_activations`' dtype. bfloat16 on the CPU: oneDNN on prepacked weights. float32 on the
+    CPU: MKL's batched GEMM over row blocks on AMD CPUs, plain `F.linear` (MKL's GEMV) on the
+    others, as each measured fastest.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -68,6 +69,8 @@ def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
         kind = "int8"
     elif dtype == torch.bfloat16 and device.type == "cpu" and torch.backends.mkldnn.is_available():
         kind = "onednn"
+    elif dtype == torch.float32 and device.type == "cpu" and cpu_is_amd():
+        kind = "rowblocks" if torch.backends.mkl.is_available() else None
     model.pack_for_inference(kind, weights)
     return model
 

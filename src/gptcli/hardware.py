@@ -8,17 +8,35 @@ from pathlib import Path
 
 
 @functools.cache
+def cpu_flags() -> tuple[str, set[str]]:
+    """(vendor, feature flags) from /proc/cpuinfo; ("", empty) where there is none (not Linux,
+    or an architecture whose cpuinfo has no x86 `flags` line)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    vendor, flags = "", set()
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return vendor, flags
+
+
+def cpu_is_amd() -> bool:
+    return cpu_flags()[0] == "AuthenticAMD"
+
+
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16).
 
-    Read from /proc/cpuinfo's flags on Linux; elsewhere torch's own CPU checks answer.
+    Read from /proc/cpuinfo's flags on Linux x86; elsewhere torch's own CPU checks answer.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return bool(flags & {"avx512_bf16", "amx_bf16"})
+    _, flags = cpu_flags()
+    if flags:
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
     import torch
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
