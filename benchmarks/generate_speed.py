@@ -12,7 +12,10 @@ they wait; see `sleeping_omp_threads`):
   (`auto` is bfloat16 on CPUs with native bfloat16, float32 elsewhere);
 - llama.cpp, where a `llama-bench` binary is on PATH or given with `--llama-bench`: the same
   weights written to GGUF here (with the `gguf` package) as f32, bf16 and q8_0, each measured by
-  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side.
+  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side. It
+  inherits this process's OMP_WAIT_POLICY (llama.cpp's CPU backend runs on OpenMP when built
+  with it, as by default): at load 12 on 2 cores, spinning threads took its f32 decode from
+  about 7 tokens/s to 0.5.
 
 Prefill tok/s = prompt tokens / time to the first new token; decode tok/s = 127 / (time for 128
 new tokens - time for 1) on our side and transformers'; llama-bench's pp32 and tg128. Ratios are
