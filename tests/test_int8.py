@@ -53,4 +53,4 @@ def test_int8_generate_and_eval_through_the_cli(trained_home: Path) -> None:
     assert abs(losses["int8"] - losses["float32"]) < 0.01 * losses["float32"]
     shown = json.loads(run("models", "show", "--json").stdout)
     assert shown["inference_dtype"]["int8"] == "int8 x bfloat16"
-    assert "--dtype int8" in run("models", "show").stdout
+    assert "int8: int8 weights" in run("models", "show").stdout

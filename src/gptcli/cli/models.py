@@ -198,7 +198,8 @@ that `gpt train --config` reads). A run still training shows its progress so far
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
 train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
 stopped (max_steps, max_time, interrupted, running), created, size_bytes, config (the run's
-settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr).
+settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
+inference_dtype {auto, int8} (what `--dtype auto` and `--dtype int8` run on this machine's CPU).
 
 Example: gpt models show stories --plot stories-loss.png
 """
@@ -272,8 +273,8 @@ def print_summary(row: dict[str, Any]) -> None:
         lines.append(
             (
                 "inference",
-                f"on this CPU --dtype auto runs {dtypes['auto']} weights ({why}); "
-                "--dtype int8: int8 weights, bfloat16 activations",
+                f"--dtype auto: {dtypes['auto']} on this CPU ({why}); "
+                "int8: int8 weights, bfloat16 activations",
             )
         )
     else:
