@@ -97,7 +97,7 @@ CASES = [
     (["models", "show", "missing-model"], "unknown model"),
     (["models", "rm", "../etc"], "invalid name"),
     (["models", "import", "{dir}", "--name", "x"], "config.json"),
-    (["models", "export", "tiny", "{dir}"], "modern"),
+    (["models", "export", "tiny", "{dir}/tiny.gguf"], "llama.cpp has no architecture"),
 ]
 
 

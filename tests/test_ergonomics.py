@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run, snapshot
 
+from gptcli.cli.chart import axis_decimals
 from gptcli.cli.train import TrainProgress
 from gptcli.config import TrainConfig, to_toml
 
@@ -125,7 +126,8 @@ def test_metrics_grow_during_the_run_and_models_show(
         "name", "path", "default", "weights", "kind", "task", "base", "source", "family",
         "preset", "params", "layers", "heads", "width", "context", "vocab_size", "labels",
         "tokenizer", "data", "data_files", "steps", "tokens", "seconds", "train_loss",
-        "val_loss", "stopped", "created", "size_bytes", "config", "history", "inference_dtype",
+        "val_loss", "stopped", "created", "size_bytes", "weights_bytes", "train_state_bytes",
+        "config", "history", "inference_dtype",
     }  # fmt: skip
     assert set(shown) == documented
     assert shown["kind"] == "train" and shown["default"] and shown["weights"]
@@ -147,7 +149,8 @@ def test_metrics_grow_during_the_run_and_models_show(
     assert "train loss" in text and "validation loss" in text and "step" in text
     assert any(0x2800 < ord(ch) <= 0x28FF for ch in text)  # the braille curve
     losses = [h[k] for h in shown["history"] for k in ("train_loss", "val_loss") if h[k]]
-    assert f"{max(losses):.2f} ┤" in text and f"{min(losses):.2f} ┤" in text  # the loss axis
+    digits = axis_decimals(min(losses), max(losses))  # the loss axis, as precise as it needs
+    assert f"{max(losses):.{digits}f} ┤" in text and f"{min(losses):.{digits}f} ┤" in text
     assert "max_steps = 6" in text  # the settings, as --config reads them
     listed = json.loads(run("models", "list", "--json").stdout)["models"]
     assert listed[0]["name"] == "live" and listed[0]["val_loss"] == shown["val_loss"]

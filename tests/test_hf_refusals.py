@@ -57,13 +57,14 @@ def edit_config(directory: Path, **changes: object) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
 
 
-def test_modern_family_export_is_refused(home: Path, tmp_path: Path) -> None:
+def test_modern_model_with_norm_gains_export_is_refused(home: Path, tmp_path: Path) -> None:
     config = ModelConfig(
-        family="modern", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16
-    )
+        family="modern", vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16,
+        norms="gains",
+    )  # fmt: skip
     write_model_dir(home / "models" / "mod", GPT(config), Tokenizer.train_char(["abc"]))
     result = run("models", "export", "mod", str(tmp_path / "out"), code=1)
-    assert result.stderr.startswith("error: mod is a modern-family model")
+    assert result.stderr.startswith("error: mod has learned norm gains")
     assert not (tmp_path / "out").exists()
 
 
@@ -98,7 +99,7 @@ def test_pickle_checkpoint_is_refused_and_never_loaded(
         ({"add_cross_attention": True}, "add_cross_attention: true"),
         ({"n_inner": 64}, "an MLP width of 64 (n_inner) is not supported"),
         ({"model_type": "gpt_neo"}, "model_type 'gpt_neo' is not supported"),
-        ({"n_layer": 3}, "weights do not match the model config"),
+        ({"n_layer": 3}, "config.json describes 3 layers of width 32"),
     ],
 )
 def test_unsupported_configs_are_refused(
@@ -109,6 +110,24 @@ def test_unsupported_configs_are_refused(
     result = run("models", "import", str(directory), "--name", "bad", code=1)
     assert message in result.stderr and result.stderr.count("\n") == 1
     assert not (home / "models" / "bad").exists()
+
+
+def test_import_on_a_full_disk_says_so(
+    hf_dir: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def save_file(*args: Any, **kwargs: Any) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    result = run("models", "import", str(hf_dir), "--name", "full", code=1)
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: the disk is full: model 'full' needs about ")
+    assert f" in {home / 'models'}, " in result.stderr and " free" in result.stderr
+    assert not (home / "models" / "full").exists()
+    assert not list((home / "models").glob(".*.staging"))
 
 
 def test_accepted_config_variants(hf_dir: Path, tmp_path: Path, home: Path) -> None:

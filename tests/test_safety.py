@@ -6,8 +6,11 @@ import errno
 import json
 import os
 import pickle
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +100,97 @@ def test_kill_9_then_resume_equals_uninterrupted(
     assert not list((home / "models").glob(".*"))  # no staging or swap leftovers
 
 
+@pytest.mark.parametrize("sig", ["TERM", "INT"])
+def test_sigterm_and_ctrl_c_save_at_the_step_then_resume_equals_uninterrupted(
+    tmp_path: Path, corpus: Path, uninterrupted: dict, sig: str
+) -> None:
+    home = tmp_path / "store"
+    stopped = gpt(home, "train", str(corpus), *RUN, fault=f"step:13:{sig}")  # during step 13
+    assert stopped.returncode == 0, stopped.stderr
+    summary = json.loads(stopped.stdout)
+    assert summary["steps"] == 13 and summary["stopped"] == "interrupted"
+    assert checkpoint_step(home / "models/m") == 13  # saved then, not at the last checkpoint (10)
+    resumed = gpt(home, "train", str(corpus), *RUN, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["val_loss"] == uninterrupted["summary"]["val_loss"]
+    weights = load_file(str(home / "models/m/model.safetensors"))
+    assert all(torch.equal(weights[k], v) for k, v in uninterrupted["weights"].items())
+
+
+def wait_for_step(train_json: Path, step: int, proc: subprocess.Popen) -> None:
+    """Until the run's live metrics (train.json) show an evaluation at `step` or later."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            history = json.loads(train_json.read_text())["history"]
+            if history and history[-1]["step"] >= step:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the run did not reach step {step}: {proc.poll()}")
+
+
+def test_sigterm_from_outside_saves_and_resumes(home: Path, corpus: Path) -> None:
+    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5"]
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptcli", "train", str(corpus), *far],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_step(home / "models/m/train.json", 5, proc)
+        proc.send_signal(signal.SIGTERM)  # as slurm, docker stop or systemd would
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
+    assert checkpoint_step(home / "models/m") == summary["steps"]
+    more = str(summary["steps"] + 3)
+    resumed = gpt(home, "train", str(corpus), *far, "--resume", "--max-steps", more)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == summary["steps"] + 3
+
+
+def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_one_step(
+    home: Path, corpus: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5"]
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+         f"--master-port={port}", "--master-addr=127.0.0.1",
+         "-m", "gptcli", "train", str(corpus), *far, "--device", "cpu"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_step(home / "models/m/train.json", 5, launcher)
+        ranks = {}
+        for child in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = next(v for v in environ if v.startswith(b"RANK="))
+            ranks[int(rank[5:])] = int(child)
+        os.kill(ranks[1], signal.SIGTERM)  # rank 1 only: rank 0 must learn of it and agree
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    summary = json.loads(lines[0])
+    assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
+    assert checkpoint_step(home / "models/m") == summary["steps"]
+
+
 def poison_loss_after(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int]) -> None:
     """Makes the training loss NaN on the given training batches (1-based)."""
     import gptcli.model
@@ -163,41 +257,73 @@ def test_disk_full_keeps_previous_checkpoint(
     with monkeypatch.context() as patch:
         patch.setattr(safetensors.torch, "save_file", save_file)
         result = run("train", str(corpus), *RUN, code=1)
-    assert "No space left on device" in result.stderr
+    assert "error: the disk is full: the checkpoint needs about" in result.stderr
     assert "previous checkpoint (step 10) is kept" in result.stderr
     assert checkpoint_step(home / "models/m") == 10
     assert not list((home / "models").glob(".*"))
     run("generate", "Once", "-m", "m", "-n", "3")
 
 
-def test_second_writer_is_refused_and_stale_locks_are_taken(home: Path, corpus: Path) -> None:
-    models = home / "models"
-    models.mkdir(parents=True)
-    lock = models / ".m.lock"
-    lock.write_text(
-        json.dumps({"pid": os.getpid(), "command": "gpt train", "since": "2026-01-01 00:00:00"})
+HOLDER = """
+import sys
+from pathlib import Path
+from gptcli.store import ModelLock
+ModelLock(Path(sys.argv[1]), sys.argv[2], "gpt train").acquire()
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def hold_lock(models: Path, name: str) -> subprocess.Popen:
+    """Another process holding the model's lock, through the store's own code, until killed."""
+    import gptcli
+
+    src = str(Path(gptcli.__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-S", "-c", HOLDER, str(models), name],
+        env={"PYTHONPATH": src},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    result = run("train", str(corpus), *RUN, code=1)
-    assert f"being written by process {os.getpid()}" in result.stderr
+    assert proc.stdout.readline() == "holding\n"
+    return proc
+
+
+def test_second_writer_is_refused_and_a_killed_holders_lock_is_taken(
+    home: Path, corpus: Path
+) -> None:
+    models = home / "models"
+    holder = hold_lock(models, "m")
+    try:
+        refused = gpt(home, "train", str(corpus), *RUN)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert refused.returncode == 1
+    assert re.fullmatch(
+        rf"error: model 'm' is being written by process {holder.pid} \(gpt train, since "
+        r"[0-9: -]+\); wait for it or stop it\n",
+        refused.stderr,
+    ), refused.stderr
     assert not (models / "m").exists()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    ).stdout.strip()
-    lock.write_text(json.dumps({"pid": int(dead), "command": "gpt train"}))
+    assert (models / ".m.lock").exists()  # the dead holder's file: no longer locked
     run("train", str(corpus), *RUN, "--max-steps", "2")
-    assert (models / "m").is_dir() and not lock.exists()  # released on exit
+    assert (models / "m").is_dir() and not (models / ".m.lock").exists()  # released on exit
 
 
 def test_finetune_respects_the_lock(trained_home: Path, tmp_path: Path) -> None:
-    lock = trained_home / "models" / ".tuned.lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "command": "gpt finetune"}))
     text = tmp_path / "t.txt"
     text.write_text("more text " * 100)
+    holder = hold_lock(trained_home / "models", "tuned")
     try:
         result = run("finetune", "tiny", str(text), "--name", "tuned", code=1)
-        assert "being written by process" in result.stderr
     finally:
-        lock.unlink()
+        holder.kill()
+        holder.wait()
+        (trained_home / "models" / ".tuned.lock").unlink()  # the session's store stays as it was
+    assert f"being written by process {holder.pid}" in result.stderr
+    assert not (trained_home / "models" / "tuned").exists()
 
 
 class Boom:

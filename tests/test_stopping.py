@@ -34,9 +34,10 @@ def chain_model(source: Path, target: Path, chain: list[str]) -> None:
     """A copy of the model at `source` whose greedy next token after chain[i] is chain[i + 1].
 
     The blocks add nothing (their output projections are zero), so the last hidden state is the
-    normed embedding of the last token; each chain token's embedding is its own unit vector, and
-    the head maps that vector to the next token of the chain (a repeated token must repeat its
-    successor: the chain may be a cycle)."""
+    normed embedding of the last token (normed twice with plain norms: the same direction);
+    each chain token's embedding is its own unit vector, and the head maps that vector to the
+    next token of the chain (a repeated token must repeat its successor: the chain may be a
+    cycle)."""
     shutil.copytree(source, target)
     tokenizer = Tokenizer.load(target / "tokenizer.json")
     path = str(target / "model.safetensors")
@@ -46,7 +47,8 @@ def chain_model(source: Path, target: Path, chain: list[str]) -> None:
     for key in weights:
         if key.endswith("c_proj.weight"):
             weights[key].zero_()
-    weights["transformer.ln_f.weight"].fill_(1.0)
+    if "transformer.ln_f.weight" in weights:  # a model with norm gains
+        weights["transformer.ln_f.weight"].fill_(1.0)
     wte, head = weights["transformer.wte.weight"], weights["lm_head.weight"]
     head.zero_()
     ids = [token_id(tokenizer, t) for t in chain]

@@ -30,10 +30,23 @@ def test_generate_from_argument_and_stdin(trained_home: Path) -> None:
     assert first.stdout.startswith("Once upon a time")
     assert len(first.stdout) > len("Once upon a time") + 5
     assert first.stdout == again.stdout  # same seed, same text
+    new_text = first.stdout[len("Once upon a time") :]
     piped = run("generate", "-n", "20", "--seed", "7", input="Once upon a time")
-    assert piped.stdout == first.stdout
+    assert piped.stdout == new_text  # a prompt from stdin is not printed back
     dash = run("generate", "-", "-n", "20", "--seed", "7", input="Once upon a time")
-    assert dash.stdout == first.stdout
+    assert dash.stdout == new_text
+
+
+def test_echo_and_no_echo(trained_home: Path) -> None:
+    prompt, flags = "Once upon a time", ["-n", "20", "--seed", "7"]
+    echoed = run("generate", prompt, *flags).stdout
+    new_text = run("generate", prompt, *flags, "--no-echo").stdout
+    assert echoed == prompt + new_text and len(new_text) > 5
+    assert run("generate", *flags, "--echo", input=prompt).stdout == echoed
+    batch = [*flags, "--num-samples", "2", "--top-k", "5"]
+    assert run("generate", *batch, input=prompt).stdout.count(prompt) == 0
+    assert run("generate", prompt, *batch).stdout.count(prompt) == 2
+    assert run("generate", prompt, *flags, "--no-stream", "--no-echo").stdout == new_text
 
 
 def test_generate_json_greedy_and_samples(trained_home: Path) -> None:
@@ -63,9 +76,10 @@ def test_generate_json_greedy_and_samples(trained_home: Path) -> None:
 def test_generate_stop_string(trained_home: Path) -> None:
     args = ["generate", "Once", "-n", "60", "--seed", "3", "--json"]
     free = json.loads(run(*args).stdout)["text"]
-    out = json.loads(run(*args, "--stop", " ").stdout)
-    cut = free.index(" ", 1)  # the same draws, cut before the first space after the first letter
-    assert free[0] != " " and out["text"] == free[:cut], (free, out["text"])
+    stop = next(ch for ch in free if ch.strip() and ch != free[0])  # not what the text starts with
+    out = json.loads(run(*args, "--stop", stop).stdout)
+    cut = free.index(stop)  # the same draws, cut before the stop string's first occurrence
+    assert cut > 0 and out["text"] == free[:cut], (free, stop, out["text"])
 
 
 def test_eval_validation_split_and_file(trained_home: Path, corpus: Path) -> None:

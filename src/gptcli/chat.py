@@ -131,6 +131,19 @@ class ChatTemplate:
     def describe(self) -> str:
         return f"chat template ({self.user} / {self.assistant} tokens)"
 
+    def jinja(self) -> str:
+        """`render` as the Jinja `chat_template` transformers and llama.cpp read."""
+        markers = ", ".join(f"{jinja_str(r)}: {jinja_str(self.marker(r))}" for r in ROLES)
+        return (
+            f"{{%- set markers = {{{markers}}} -%}}"
+            "{%- for message in messages -%}"
+            f"{{{{ markers[message['role']] + '\\n' + message['content'] + {jinja_str(self.end)}"
+            " + '\\n' }}"
+            "{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {jinja_str(self.assistant + chr(10))} }}}}"
+            "{%- endif -%}"
+        )
+
     def to_dict(self) -> dict[str, str]:
         return {"type": self.kind} | dataclasses.asdict(self)
 
@@ -179,8 +192,27 @@ class PlainTemplate:
     def describe(self) -> str:
         return f"plain-text mode (no chat template): '{self.user} ... / {self.assistant} ...'"
 
+    def jinja(self) -> str:
+        """`render` as the Jinja `chat_template` transformers and llama.cpp read."""
+        user, assistant = jinja_str(self.user + " "), jinja_str(self.assistant + " ")
+        return (
+            "{%- for message in messages -%}"
+            "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
+            f"{{%- elif message['role'] == 'user' -%}}{{{{ {user} + message['content'] + '\\n' }}}}"
+            f"{{%- else -%}}{{{{ {assistant} + message['content'] + '\\n' }}}}"
+            "{%- endif -%}{%- endfor -%}"
+            f"{{%- if add_generation_prompt -%}}{{{{ {jinja_str(self.assistant)} }}}}"
+            "{%- endif -%}"
+        )
+
 
 Template = ChatTemplate | PlainTemplate
+
+
+def jinja_str(text: str) -> str:
+    """A Jinja string literal for `text`."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return f"'{escaped}'"
 
 
 def add_chat_tokens(tokenizer: Tokenizer, template: ChatTemplate | None = None) -> list[int]:

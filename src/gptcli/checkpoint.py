@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from gptcli import hf
-from gptcli.config import ModelConfig
+from gptcli.config import ModelConfig, weights_mismatch
 from gptcli.errors import GptError
 from gptcli.lora import merged_weights
 from gptcli.model import FORMAT_VERSION, GPT
@@ -80,6 +80,9 @@ def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedMod
         config = read_config(directory)
         tokenizer = Tokenizer.load(directory / "tokenizer.json")
         weights = read_weights(directory / "model.safetensors")
+    mismatch = weights_mismatch(config, {k: tuple(v.shape) for k, v in weights.items()})
+    if mismatch:  # before the model is built: a wrong config could ask for terabytes
+        raise GptError(f"{directory}: {mismatch}")
     if tokenizer.vocab_size > config.vocab_size:
         raise GptError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
@@ -133,12 +136,27 @@ def save_train_state(
         safetensors.torch.save_file(tensors, str(tmp), metadata=metadata)
 
 
+def check_resumable(directory: Path) -> None:
+    """Refuses --resume, saying why, for a model without its optimizer state."""
+    if (directory / "train_state.safetensors").is_file():
+        return
+    dropped = read_record(directory).get("train_state") == "dropped"
+    why = (
+        "its training state was dropped (by --no-train-state or `gpt models prune`)"
+        if dropped
+        else "it has no training state (train_state.safetensors)"
+    )
+    raise GptError(
+        f"cannot resume {directory.name!r}: {why}, and the optimizer cannot continue without it; "
+        f"fine-tune from it instead (gpt finetune {directory.name} DATA --name NEW)"
+    )
+
+
 def load_train_state(
     path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
 ) -> dict[str, Any]:
     """Restores optimizers and RNGs in place; returns the saved loop state."""
-    if not path.is_file():
-        raise GptError(f"{path.parent.name} has no training state to resume from")
+    check_resumable(path.parent)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

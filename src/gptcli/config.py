@@ -15,6 +15,11 @@ from typing import Any
 from gptcli.errors import GptError
 
 FAMILIES = ("gpt2", "modern")
+# The modern family's norms. "plain": RMSNorm without gains, also on the token embeddings
+# (nanochat's recipe, which transformers' NanoChatForCausalLM computes); "gains": RMSNorm with a
+# learned gain each, none on the embeddings (modern models saved before `norms` existed).
+# gpt2 uses LayerNorm whatever it says.
+NORMS = ("plain", "gains")
 
 
 @dataclass
@@ -30,6 +35,7 @@ class ModelConfig:
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    norms: str = "plain"  # the modern family's norms, one of NORMS
     preset: str | None = None
     labels: list[str] | None = None  # a classifier: one output per label on the last token
 
@@ -58,6 +64,10 @@ class ModelConfig:
             raise GptError(
                 f"model config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
+        if self.norms not in NORMS:
+            raise GptError(
+                f"model config: unknown norms {self.norms!r} (choose from {', '.join(NORMS)})"
+            )
         if self.family == "modern" and (self.n_embd // self.n_head) % 2:
             raise GptError("model config: the modern family needs an even head size for rotary")
         if self.labels is not None and (
@@ -82,6 +92,8 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise GptError(f"model config: unknown keys {', '.join(sorted(unknown))}")
+        if "norms" not in data:  # written before the key existed: modern models had gains
+            data = {**data, "norms": "gains"}
         try:
             return cls(**data)
         except TypeError as exc:
@@ -114,6 +126,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("auto", "muon", "adamw")
 SCHEDULES = ("wsd", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def weights_mismatch(config: ModelConfig, shapes: dict[str, Any]) -> str | None:
+    """Why weights of these shapes (name -> shape) cannot be this config's, or None.
+
+    Reads names and shapes only, so a config.json that disagrees with its weights (edited by
+    hand, say 9000 layers of width 65536) is refused before a model of that size is built.
+    Layers, width, vocabulary and context: the rest is checked as the weights are loaded.
+    """
+    layers = {int(k.split(".")[2]) for k in shapes if re.match(r"transformer\.h\.\d+\.", k)}
+    n_layer = max(layers) + 1 if layers else 0
+    wte = tuple(shapes.get("transformer.wte.weight") or ())
+    if len(wte) != 2:
+        return "the weights have no token embedding (transformer.wte.weight)"
+    if n_layer != config.n_layer or wte != (config.vocab_size, config.n_embd):
+        return (
+            f"config.json describes {config.n_layer:,} layers of width {config.n_embd:,} and "
+            f"{config.vocab_size:,} tokens, the weights have {n_layer:,} layers of width "
+            f"{wte[1]:,} and {wte[0]:,} tokens"
+        )
+    wpe = tuple(shapes.get("transformer.wpe.weight") or ())
+    if config.family == "gpt2" and wpe and wpe != (config.block_size, config.n_embd):
+        return (
+            f"config.json says a context of {config.block_size:,} tokens, "
+            f"the weights have {wpe[0]:,}"
+        )
+    return None
 
 
 def flag(help: str, *decls: str, only: str | None = None, text: bool = False) -> dict[str, Any]:
@@ -210,6 +249,14 @@ class TrainConfig:
     compile: bool | None = field(  # None: on for CUDA, off otherwise
         default=None,
         metadata=flag("torch.compile the model (default: on for CUDA).", "--compile/--no-compile"),
+    )
+    train_state: bool = field(  # keep the optimizer state once the run has ended
+        default=True,
+        metadata=flag(
+            "Keep the optimizer state (1-2x the weights' size) once the run ends, so that "
+            "--resume can continue it (default: keep). An interrupted run keeps it either way.",
+            "--train-state/--no-train-state",
+        ),
     )
     cooldown: float = 0.4  # wsd: fraction of the budget spent decaying to min_lr
     grad_clip: float = 1.0

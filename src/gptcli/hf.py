@@ -1,4 +1,7 @@
-"""Hugging Face GPT-2 interop: read a GPT-2 directory into our `gpt2` family, write ours out.
+"""Hugging Face interop: GPT-2 directories <-> our `gpt2` family, NanoChat <-> `modern`.
+
+The NanoChat mapping (`model_type` "nanochat") lives in `gptcli.nanochat`; this module reads
+and writes the directories and does GPT-2's.
 
 A Hugging Face GPT-2 directory holds `config.json` (`model_type` "gpt2"), `model.safetensors`
 (or shards listed in `model.safetensors.index.json`) and `tokenizer.json`, or `vocab.json` and
@@ -21,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
+from gptcli import nanochat
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.store import (
@@ -70,10 +74,12 @@ def config_from_hf(raw: dict[str, Any], source: Path | str) -> ModelConfig:
     one dropout rate); it only matters for fine-tuning.
     """
     model_type = raw.get("model_type")
+    if model_type == nanochat.MODEL_TYPE:
+        return nanochat.config_from_nanochat(raw, source)
     if model_type != "gpt2":
         raise GptError(
             f"{source}: model_type {model_type!r} is not supported: only Hugging Face GPT-2 "
-            "checkpoints (model_type 'gpt2') can be used"
+            "and NanoChat checkpoints (model_type 'gpt2' or 'nanochat') can be used"
         )
     n_embd = raw.get("n_embd", 768)
     activation = raw.get("activation_function", "gelu_new")
@@ -220,20 +226,26 @@ def read_hf_tokenizer(directory: Path) -> Tokenizer:
 
 
 def read_hf_dir(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, weights in our layout, and tokenizer of a Hugging Face GPT-2 directory."""
+    """Config, weights in our layout, and tokenizer of a Hugging Face GPT-2 or NanoChat dir."""
     raw = read_json(directory / "config.json")
     config = config_from_hf(raw, directory)
-    tied = bool(raw.get("tie_word_embeddings", True))
-    tensors = tensors_from_hf(read_hf_tensors(directory), tied, directory)
+    if config.family == "modern":
+        tensors = nanochat.tensors_from_nanochat(read_hf_tensors(directory), config, directory)
+    else:
+        tied = bool(raw.get("tie_word_embeddings", True))
+        tensors = tensors_from_hf(read_hf_tensors(directory), tied, directory)
     return config, tensors, read_hf_tokenizer(directory)
 
 
 def count_hf_parameters(directory: Path) -> int:
-    """Parameters of a Hugging Face GPT-2 directory, from safetensors headers (no torch)."""
+    """Parameters of a Hugging Face directory, from safetensors headers (no torch)."""
+    tied = read_json(directory / "config.json").get("model_type") == "gpt2"
     total = 0
     for path in weight_files(directory):
         for key, entry in safetensors_header(path).items():
-            if key == "__metadata__" or key.endswith(MASK_BUFFERS) or key == "lm_head.weight":
+            if key == "__metadata__" or key.endswith(MASK_BUFFERS):
+                continue
+            if tied and key == "lm_head.weight":
                 continue
             count = 1
             for dim in entry.get("shape", []):
@@ -280,18 +292,27 @@ def tensors_to_hf(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def write_hf_files(directory: Path, model: GPT, tokenizer: Tokenizer) -> None:
-    """Writes config, weights and tokenizer as `from_pretrained` expects them."""
+def write_hf_files(
+    directory: Path, model: GPT, tokenizer: Tokenizer, chat_template: str | None = None
+) -> None:
+    """Writes config, weights and tokenizer as `from_pretrained` expects them: GPT2LMHeadModel
+    for the gpt2 family, NanoChatForCausalLM for modern. `chat_template` is Jinja."""
     from safetensors.torch import save_file
 
     eot = tokenizer.eot_id
     dtype = str(model.transformer["wte"].weight.dtype).removeprefix("torch.")
-    write_json_atomic(directory / "config.json", config_to_hf(model.config, eot, dtype))
+    if model.config.family == "modern":
+        config = nanochat.config_to_nanochat(model.config, eot, dtype)
+        tensors = nanochat.tensors_to_nanochat(model.weights(), model.config)
+    else:
+        config = config_to_hf(model.config, eot, dtype)
+        tensors = tensors_to_hf(model.weights())
+    write_json_atomic(directory / "config.json", config)
     write_json_atomic(
         directory / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot}
     )
     with atomic_path(directory / WEIGHTS) as tmp:
-        save_file(tensors_to_hf(model.weights()), str(tmp), metadata={"format": "pt"})
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomic(directory / "tokenizer.json", tokenizer.to_json())
     special = EOT if eot is not None else None
     # PreTrainedTokenizerFast takes tokenizer.json as it is, whatever kind of tokenizer it is.
@@ -305,4 +326,6 @@ def write_hf_files(directory: Path, model: GPT, tokenizer: Tokenizer) -> None:
         "model_input_names": ["input_ids", "attention_mask"],
         "clean_up_tokenization_spaces": False,
     }
+    if chat_template is not None:
+        tokenizer_config["chat_template"] = chat_template
     write_json_atomic(directory / "tokenizer_config.json", tokenizer_config)

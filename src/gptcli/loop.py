@@ -2,7 +2,9 @@
 
 The learning-rate schedule runs on progress = max(step / max_steps, elapsed / max_time), so a
 run bounded by time decays its learning rate on time, and still ends on a cooled-down model.
-Ctrl+C asks the loop to stop at the end of the current step and save (a second one aborts).
+Ctrl+C or SIGTERM (what schedulers, `docker stop` and `torchrun` send) asks the loop to stop at
+the end of the current step and save; a second signal aborts. Under torchrun the ranks agree on
+every step whether and why to stop, so they all stop at the same step.
 
 The loop knows batches (anything with `sample()`, `fixed()`, `device`, `batch_size`,
 `block_size` and `generator`), a model and a save hook; nothing about files, tasks or the store.
@@ -27,6 +29,7 @@ from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.optim import make_muon, split_parameters
 from gptcli.runtime import Distributed, autocast_context, autocast_dtype, should_compile
+from gptcli.store import fault_point  # the crash-test hook only: the loop knows no files
 
 DEFAULT_MAX_STEPS = 2000
 
@@ -53,8 +56,11 @@ class TrainState:
     train_loss: float | None = None  # smoothed
     val_loss: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = ""  # "max_steps", "max_time" or "interrupted" once finished
+    stopped: str = ""  # one of STOP_REASONS once finished
     skipped: int = 0  # batches whose loss was not finite, left out
+
+
+STOP_REASONS = ("", "max_steps", "max_time", "interrupted")  # Ctrl+C and SIGTERM: interrupted
 
 
 class Diverged(GptError):
@@ -143,8 +149,9 @@ def estimate_loss(
 
 
 @contextlib.contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl+C sets the event (the loop stops after its step and saves); a second aborts."""
+def stop_on_signal() -> Iterator[threading.Event]:
+    """The first Ctrl+C or SIGTERM sets the event (the loop stops after its step and saves); a
+    second one of either aborts."""
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield event
@@ -155,11 +162,12 @@ def stop_on_sigint() -> Iterator[threading.Event]:
             raise KeyboardInterrupt
         event.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield event
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, BatchSource], None]
@@ -258,7 +266,7 @@ def train_model(
     if not state.history:
         evaluate()  # the starting point of the loss curve
     model.train()
-    with stop_on_sigint() as interrupted:
+    with stop_on_signal() as interrupted:
         while True:
             reason = ""
             if max_steps is not None and state.step >= max_steps:
@@ -267,9 +275,12 @@ def train_model(
                 reason = "max_time"
             elif interrupted.is_set():
                 reason = "interrupted"
-            if dist.any(bool(reason), device):
-                state.stopped = reason or "stopped by another process"
+            # one all-reduce a step: every rank stops at the same step, for the same reason
+            agreed = dist.max(STOP_REASONS.index(reason), device)
+            if agreed:
+                state.stopped = STOP_REASONS[agreed]
                 break
+            fault_point("step")
             factor = lr_factor(progress(), state.step, cfg)
             for opt in optimizers:
                 for group in opt.param_groups:

@@ -2,7 +2,10 @@
 
 Two families share one class:
 - `gpt2`: learned positions, LayerNorm with bias, GELU MLP, tied head (the Hugging Face layout);
-- `modern`: rotary positions, RMSNorm, QK-norm, ReLU² MLP, no biases, untied head.
+- `modern`: rotary positions, RMSNorm, QK-norm, ReLU² MLP, no biases, untied head. Its norms
+  (`config.norms`) are "plain", parameter-free and also on the token embeddings (nanochat's
+  recipe, which transformers' NanoChatForCausalLM computes, see `gptcli.nanochat`), or
+  "gains", with a learned gain each and none on the embeddings (older models).
 """
 
 from __future__ import annotations
@@ -83,13 +86,16 @@ class KVCache:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    """x / rms(x), times a learned gain unless `gain` is False (then it has no parameters)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, gain: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if gain else None
+        self.dim = dim
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
 
 
 def rotary_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,8 +235,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.rotary = config.family == "modern"
         if self.rotary:
-            self.q_norm = RMSNorm(config.head_size)
-            self.k_norm = RMSNorm(config.head_size)
+            gain = config.norms == "gains"
+            self.q_norm = RMSNorm(config.head_size, gain=gain)
+            self.k_norm = RMSNorm(config.head_size, gain=gain)
 
     def forward(
         self,
@@ -289,7 +296,7 @@ class MLP(nn.Module):
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.family == "gpt2":
         return nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-    return RMSNorm(config.n_embd)
+    return RMSNorm(config.n_embd, gain=config.norms == "gains")
 
 
 class Block(nn.Module):
@@ -320,6 +327,12 @@ class GPT(nn.Module):
         )
         if config.family == "gpt2":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        # plain norms normalise the embeddings too (a parameter-free identity otherwise)
+        self.embed_norm = (
+            RMSNorm(config.n_embd, gain=False)
+            if config.family == "modern" and config.norms == "plain"
+            else nn.Identity()
+        )
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.tied = config.family == "gpt2"
         if self.tied:
@@ -401,7 +414,7 @@ class GPT(nn.Module):
             rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         else:
             rope = tuple(t.to(idx.device) for t in rotary_at(self.config, start, T))
-        x = self.transformer["drop"](x)
+        x = self.transformer["drop"](self.embed_norm(x))
         for block in self.transformer["h"]:
             x = block(x, rope, cache)
         if cache is not None:
@@ -409,16 +422,25 @@ class GPT(nn.Module):
         return self.transformer["ln_f"](x)
 
     def _hidden_static(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token per row at position `cache.index` (a tensor), with no host-side state."""
+        """One token per row at position `cache.index` (a tensor), with no host-side state.
+
+        `index` holds one position for every row, or one per row: gptcli.batching's ragged
+        cache, whose rows are sequences of different lengths, decodes through this path too.
+        """
         if idx.size(1) != 1:
             raise GptError("a static cache takes one token at a time")
-        at = cache.index.view(1)
+        at = cache.index.view(-1)  # (1,) or (B,)
         x = self.transformer["wte"](idx)  # (B, 1, C)
         rope = None
         if self.tied:
-            x = x + self.transformer["wpe"].weight.index_select(0, at)
-        else:
-            rope = (self.rope_cos.index_select(0, at), self.rope_sin.index_select(0, at))
+            x = x + self.transformer["wpe"].weight.index_select(0, at).unsqueeze(1)
+        else:  # (1 or B, 1, 1, D/2): broadcast over the heads of each row
+            half = self.rope_cos.size(-1)
+            rope = (
+                self.rope_cos.index_select(0, at).view(-1, 1, 1, half),
+                self.rope_sin.index_select(0, at).view(-1, 1, 1, half),
+            )
+        x = self.embed_norm(x)
         cache.mask = cache.static_mask()
         for block in self.transformer["h"]:
             x = block(x, rope, cache)

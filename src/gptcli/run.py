@@ -20,7 +20,12 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from gptcli.checkpoint import load_train_state, save_train_state, write_model_dir
+from gptcli.checkpoint import (
+    check_resumable,
+    load_train_state,
+    save_train_state,
+    write_model_dir,
+)
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
 from gptcli.loop import (
@@ -35,7 +40,15 @@ from gptcli.model import GPT
 from gptcli.monitor import monitor_for
 from gptcli.record import RunDirectory, RunRecord, checkpoint_result, discard_unsaved
 from gptcli.runtime import Distributed, pick_device
-from gptcli.store import ModelLock, ModelStore, check_name, fault_point, write_text_atomic
+from gptcli.store import (
+    ModelLock,
+    ModelStore,
+    check_name,
+    disk_full_message,
+    fault_point,
+    is_disk_full,
+    write_text_atomic,
+)
 from gptcli.tokenizer import Tokenizer
 
 Log = Callable[[str], None]
@@ -95,6 +108,8 @@ def check_target(store: ModelStore, name: str, force: bool, resume: bool) -> Non
     exists = store.exists(name)
     if resume and not exists:
         raise GptError(f"no model named {name!r} to resume (drop --resume to start one)")
+    if resume:
+        check_resumable(store.model_dir(name))  # before any data is read
     if exists and not (force or resume):
         raise GptError(
             f"a model named {name!r} already exists "
@@ -152,6 +167,7 @@ def execute(
             run.record,
             replace=job.force or job.resume or claimed,
             extra_files=run.extra_files,
+            keep_train_state=run.cfg.train_state,
         )
         run_and_store(
             run.model,
@@ -179,9 +195,11 @@ class CheckpointWriter:
         record: RunRecord,
         replace: bool,
         extra_files: dict[str, str] | None = None,
+        keep_train_state: bool = True,
     ) -> None:
         self.store, self.name, self.tokenizer, self.record = store, name, tokenizer, record
         self.replace = replace
+        self.keep_train_state = keep_train_state  # False: dropped once the run has ended
         self.extra_files = extra_files or {}
         self.last: dict[str, Any] = {}
 
@@ -201,6 +219,10 @@ class CheckpointWriter:
             state.stopped,
         )
         info = self.record.to_dict(result, state.history)
+        # a finished run may drop its optimizer state; an interrupted one keeps it to resume
+        drop_state = not self.keep_train_state and state.stopped in ("max_steps", "max_time")
+        if drop_state:
+            info["train_state"] = "dropped"
         fault_point("save")
         try:
             target = self.store.model_dir(self.name)
@@ -208,18 +230,25 @@ class CheckpointWriter:
                 write_model_dir(staging, model, self.tokenizer, info)
                 for filename, text in self.extra_files.items():
                     write_text_atomic(staging / filename, text)
-                save_train_state(
-                    staging / "train_state.safetensors",
-                    optimizers,
-                    dataclasses.asdict(state),
-                    batches.generator,
-                )
+                if not drop_state:
+                    save_train_state(
+                        staging / "train_state.safetensors",
+                        optimizers,
+                        dataclasses.asdict(state),
+                        batches.generator,
+                    )
                 fault_point("staged")
-        except OSError as exc:
-            raise GptError(
-                f"could not save the checkpoint at step {state.step} "
-                f"({exc.strerror or exc}); {self.kept()}"
-            ) from None
+        except Exception as exc:  # the staging directory is gone by now: what is free is free
+            if is_disk_full(exc):
+                needed = checkpoint_bytes(model, optimizers)
+                full = disk_full_message(self.store.models_dir, needed, "the checkpoint")
+                raise GptError(f"{full}; step {state.step} was not saved, {self.kept()}") from None
+            if isinstance(exc, OSError):
+                raise GptError(
+                    f"could not save the checkpoint at step {state.step} "
+                    f"({exc.strerror or exc}); {self.kept()}"
+                ) from None
+            raise
         self.replace = True  # from now on we replace our own checkpoint
         self.last = result
 
@@ -228,6 +257,14 @@ class CheckpointWriter:
         if self.last:
             return f"the previous checkpoint (step {self.last['steps']}) is kept"
         return "no checkpoint had been saved yet"
+
+
+def checkpoint_bytes(model: GPT, optimizers: list[torch.optim.Optimizer]) -> int:
+    """About what a checkpoint takes on disk: weights and optimizer state."""
+    tensors = [*model.weights().values()]
+    for opt in optimizers:
+        tensors += [v for entry in opt.state.values() for v in entry.values() if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def run_and_store(

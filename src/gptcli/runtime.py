@@ -89,6 +89,14 @@ class Distributed:
         torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
         return bool(value.item())
 
+    def max(self, value: int, device: torch.device) -> int:
+        """The largest of every rank's value, on every rank."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.long, device=device)
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()

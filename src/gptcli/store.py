@@ -10,6 +10,7 @@ Layout (see DESIGN.md):
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -117,6 +118,29 @@ def count_parameters(path: Path) -> int:
     return total
 
 
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota, as an OSError or as safetensors reports it (its own error type)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc)
+
+
+def disk_full_message(where: Path, needed: int, what: str) -> str:
+    """`the disk is full: ...`, saying where, what it needs and what is free."""
+    try:
+        free = f", {human_bytes(shutil.disk_usage(where).free)} free"
+    except OSError:
+        free = ""
+    return f"the disk is full: {what} needs about {human_bytes(needed)} in {where}{free}"
+
+
 def swap_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
@@ -130,78 +154,121 @@ def recover_swap(target: Path) -> None:
 
 
 def fault_point(name: str) -> None:
-    """For crash tests: GPTCLI_FAULT=NAME:N kills this process (SIGKILL) at the Nth pass here."""
+    """For crash tests: GPTCLI_FAULT=NAME:N kills this process (SIGKILL) at the Nth pass here;
+    NAME:N:TERM or NAME:N:INT sends it that signal instead."""
     spec = os.environ.get("GPTCLI_FAULT")
     if not spec or spec.split(":")[0] != name:
         return
     count = _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if count == int(spec.split(":")[1]):
-        os.kill(os.getpid(), signal.SIGKILL)
+    parts = spec.split(":")
+    if count == int(parts[1]):
+        os.kill(os.getpid(), getattr(signal, "SIG" + (parts[2] if len(parts) > 2 else "KILL")))
 
 
 _fault_counts: dict[str, int] = {}
 
 
-class ModelLock:
-    """`models/.NAME.lock`: one writer per model name; stale locks of dead processes are taken.
+def record_is_live(record: dict[str, Any]) -> bool:
+    """Whether a lock record names a live process (one of another host: assumed so).
 
-    The lock sits beside the model directory because checkpoints replace the directory whole.
+    A dead holder's record stays in the file until the next holder overwrites it.
     """
+    pid = int(record["pid"])
+    if record.get("host") not in (None, socket.gethostname()):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+class ModelLock:
+    """`models/.NAME.lock`: one writer per model name, held as an OS lock for the writer's life.
+
+    The exclusion is `flock` on the lock file itself, which the kernel drops when the holder
+    dies, so a killed writer's lock is free at once and any process that flocks the file is
+    respected. The JSON record inside only names the holder in the error. The lock sits beside
+    the model directory because checkpoints replace the directory whole.
+    """
+
+    record_wait = 2.0  # seconds a newcomer waits for a new holder to write its record
 
     def __init__(self, store_models: Path, name: str, command: str) -> None:
         self.path = store_models / f".{name}.lock"
         self.name = name
         self.command = command
-        self.held = False
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> ModelLock:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise GptError(self.busy_message()) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            # a releasing holder unlinks the file after we opened it: ours is then an orphan
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "command": self.command,
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None:
-                    raise GptError(
-                        f"model {self.name!r} is being written by process {holder.get('pid')} "
-                        f"({holder.get('command', '?')}, since {holder.get('since', '?')}); "
-                        "wait for it or stop it"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f)
-            self.held = True
-            return self
-        raise GptError(f"cannot lock model {self.name!r} ({self.path})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        self.fd = fd
+        return self
+
+    def busy_message(self) -> str:
+        holder = self.holder()
+        if holder is None:
+            who = "another process"
+        else:
+            who = (
+                f"process {holder.get('pid')} ({holder.get('command', '?')}, "
+                f"since {holder.get('since', '?')})"
+            )
+        return f"model {self.name!r} is being written by {who}; wait for it or stop it"
 
     def holder(self) -> dict[str, Any] | None:
-        """The live process holding the lock, or None when the lock is stale or unreadable."""
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
-            pid = int(record["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if record.get("host") not in (None, socket.gethostname()):
-            return record  # another machine's process: cannot check, so respect it
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return record
+        """The holder's record; it writes it just after taking the lock, so wait a little."""
+        deadline = time.monotonic() + self.record_wait
+        while True:
+            try:
+                record = json.loads(self.path.read_text(encoding="utf-8"))
+                if isinstance(record, dict) and record_is_live(record):
+                    return record
+            except (OSError, ValueError, TypeError):
+                pass
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # before unlocking: see the check in acquire
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> ModelLock:
         return self.acquire()
@@ -306,6 +373,26 @@ class ModelStore:
         shutil.rmtree(trash, ignore_errors=True)
         if (self.home / "default").is_file() and self.default_name() is None:
             (self.home / "default").unlink(missing_ok=True)
+
+    def drop_train_state(self, name: str) -> int:
+        """Deletes a stored model's optimizer state (under its lock); returns the bytes freed.
+
+        train.json notes it, so that --resume can say why it cannot continue.
+        """
+        directory = self.model_dir(name)
+        if not (directory / "config.json").is_file():
+            raise GptError(f"no model named {name!r} in the store (see `gpt models list`)")
+        with ModelLock(self.models_dir, name, "gpt models prune"):
+            state = directory / "train_state.safetensors"
+            if not state.is_file():
+                return 0
+            size = state.stat().st_size
+            info_path = directory / "train.json"
+            if info_path.is_file():
+                write_json_atomic(info_path, read_json(info_path) | {"train_state": "dropped"})
+            state.unlink()
+            fsync_dir(directory)
+            return size
 
     def tokenizer_path(self, ref: str) -> Path:
         """A stored tokenizer name or a tokenizer.json path -> its file."""

@@ -11,9 +11,9 @@ import sys
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from gptcli import __version__
+from gptcli.cli.usage import Command, Group, usage_error_line
 from gptcli.errors import GptError
 
 
@@ -29,8 +29,26 @@ def is_cli_control(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in ("typer", "click")
 
 
-class GptGroup(TyperGroup):
-    """Turns every failure below it into `error: ...` and an exit code, never a traceback."""
+class GptGroup(Group):
+    """Turns every failure below it into `error: ...` and an exit code, never a traceback.
+
+    Usage errors too: one line and exit 2, where typer would draw a panel.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            raise SystemExit(fail("aborted").exit_code) from None
+        except Exception as exc:
+            if not (is_cli_control(exc) and hasattr(exc, "format_message")):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # its help is printed already
+                raise SystemExit(exc.exit_code) from None
+            raise SystemExit(fail(usage_error_line(exc), exc.exit_code).exit_code) from None
+        raise SystemExit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -90,15 +108,16 @@ def root(
 
 
 def register() -> None:
-    from gptcli.cli import chat, classify, finetune, generate, models, tokenize, train
+    from gptcli.cli import chat, classify, finetune, generate, models, serve, tokenize, train
     from gptcli.cli import eval as eval_cmd
 
-    app.command("train", help=train.HELP)(train.train)
-    app.command("finetune", help=finetune.HELP)(finetune.finetune)
-    app.command("generate", help=generate.HELP)(generate.generate)
-    app.command("chat", help=chat.HELP)(chat.chat)
-    app.command("eval", help=eval_cmd.HELP)(eval_cmd.evaluate)
-    app.command("classify", help=classify.HELP)(classify.classify)
+    app.command("train", help=train.HELP, cls=Command)(train.train)
+    app.command("finetune", help=finetune.HELP, cls=Command)(finetune.finetune)
+    app.command("generate", help=generate.HELP, cls=Command)(generate.generate)
+    app.command("chat", help=chat.HELP, cls=Command)(chat.chat)
+    app.command("eval", help=eval_cmd.HELP, cls=Command)(eval_cmd.evaluate)
+    app.command("classify", help=classify.HELP, cls=Command)(classify.classify)
+    app.command("serve", help=serve.HELP, cls=Command)(serve.serve)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")
 

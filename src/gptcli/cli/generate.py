@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 HELP = """Continue a prompt with a model (the default one unless -m).
 
-The prompt comes from stdin when omitted or '-'.
+The prompt comes from stdin when omitted or '-'. A prompt given as an argument is printed
+before its continuation, one from stdin is not (only the new text comes out, as with llm and
+ollama); --echo and --no-echo choose.
 
 Example: gpt generate "Once upon a time" -n 200 --temperature 0.8
 """
@@ -146,6 +148,15 @@ def generate(
     stats: Annotated[
         bool, typer.Option("--stats", help="Token counts and prefill/decode speed on stderr.")
     ] = False,
+    echo: Annotated[
+        bool | None,
+        typer.Option(
+            "--echo/--no-echo",
+            help="Print the prompt before the new text (default: for an argument prompt, not "
+            "for one from stdin).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
     sleeping_omp_threads()
@@ -165,6 +176,9 @@ def generate(
     if num_samples < 1:
         raise GptError("--num-samples must be at least 1")
     text = read_prompt(prompt)
+    if echo is None:
+        echo = prompt is not None and prompt != "-"
+    shown = text if echo else ""
 
     from gptcli.generate import use_cuda_graphs
 
@@ -195,14 +209,14 @@ def generate(
     )
     live = stream and not json_out and num_samples == 1
     if live:
-        sys.stdout.write(text)
+        sys.stdout.write(shown)
         sys.stdout.flush()
     completions = run.texts(live)
     if live:
         sys.stdout.write("\n")
         sys.stdout.flush()
     elif not json_out:
-        sys.stdout.write("\n\n".join(text + c for c in completions) + "\n")
+        sys.stdout.write("\n\n".join(shown + c for c in completions) + "\n")
         sys.stdout.flush()
     if stats:
         info(run.stats.summary())

@@ -1,7 +1,8 @@
-"""`gpt models list|show|rm|default|import|export`: the model store, and Hugging Face GPT-2."""
+"""`gpt models list|show|rm|prune|default|import|export`: the store, Hugging Face and GGUF."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,12 +10,14 @@ import typer
 
 from gptcli.cli.console import info, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.usage import Command, Group
 from gptcli.errors import GptError
 
 app = typer.Typer(
-    help="List, inspect, remove and choose stored models; import and export Hugging Face "
-    "GPT-2.\n\nExample: gpt models list",
+    help="List, inspect, remove, prune and choose stored models; import and export Hugging "
+    "Face models, export GGUF.\n\nExample: gpt models list",
     no_args_is_help=True,
+    cls=Group,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
@@ -30,9 +33,9 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
     are None and `weights` is False.
     """
     from gptcli import hf
-    from gptcli.config import ModelConfig
+    from gptcli.config import ModelConfig, weights_mismatch
     from gptcli.record import read_record
-    from gptcli.store import count_parameters, read_json
+    from gptcli.store import count_parameters, read_json, safetensors_header
 
     config: Any = None
     params = None
@@ -41,10 +44,19 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         params = hf.count_hf_parameters(path)
     elif (path / "config.json").is_file():
         config = ModelConfig.from_dict(read_json(path / "config.json"))
+        header = safetensors_header(path / "model.safetensors")
+        shapes = {k: v.get("shape") for k, v in header.items() if k != "__metadata__"}
+        mismatch = weights_mismatch(config, shapes)
+        if mismatch:
+            raise GptError(f"{path}: {mismatch}")
         params = count_parameters(path / "model.safetensors")
     info = read_record(path)
     result = info.get("result", {})
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+    def file_size(name: str) -> int | None:
+        return (path / name).stat().st_size if (path / name).is_file() else None
+
     files = info.get("data", {}).get("files", [])
     paths = [f.get("path") if isinstance(f, dict) else f for f in files]
 
@@ -80,6 +92,8 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "stopped": result.get("stopped"),
         "created": info.get("created"),
         "size_bytes": size,
+        "weights_bytes": file_size("model.safetensors"),
+        "train_state_bytes": file_size("train_state.safetensors"),
         "config": info.get("config"),
         "history": info.get("history", []),
         "inference_dtype": cpu_inference_dtypes(),
@@ -93,6 +107,20 @@ def cpu_inference_dtypes() -> dict[str, str]:
 
     native = cpu_has_fast_bf16()
     return {"auto": "bfloat16" if native else "float32", "int8": "int8 x bfloat16"}
+
+
+def damage(error: str) -> str:
+    """A few words for `gpt models list` on what is wrong with a model (`models show`: all)."""
+    if "the weights have" in error:
+        return "wrong config.json"
+    if error.startswith("model config:"):
+        return "impossible config"
+    if "model.safetensors" in error:
+        return "weights missing" if "missing" in error else "bad weights file"
+    for name in ("config.json", "train.json"):
+        if name in error:
+            return f"{name} missing" if "missing" in error else f"bad {name}"
+    return "unreadable"
 
 
 def data_summary(data: dict[str, Any]) -> dict[str, Any]:
@@ -130,12 +158,14 @@ def human_time(seconds: float | None) -> str:
 
 @app.command(
     "list",
+    cls=Command,
     help="Stored models, newest first: parameters, context, last validation loss, size on disk "
     "and date. Runs that have not saved a model yet are listed as training.\n\n"
     "Example: gpt models list --json",
 )
 def list_cmd(json_out: JsonOption = False) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from gptcli.store import ModelStore
 
@@ -146,7 +176,7 @@ def list_cmd(json_out: JsonOption = False) -> None:
         try:
             row = summarize(store.model_dir(name), default)
         except GptError as exc:
-            row = {"name": name, "error": str(exc), "created": ""}
+            row = {"name": name, "damaged": damage(str(exc)), "error": str(exc), "created": ""}
         row.pop("history", None)  # the curve is `gpt models show`'s
         rows.append(row)
 
@@ -171,8 +201,9 @@ def list_cmd(json_out: JsonOption = False) -> None:
         table.add_column(column, justify="right" if column in ("params", "val loss") else "left")
     for r in rows:
         mark = "* " if r["name"] == default else "  "
-        if "error" in r:
-            table.add_row(mark + r["name"], f"[red]{r['error']}[/red]")
+        if "damaged" in r:
+            damaged = Text(f"damaged: {r['damaged']}", style="red")
+            table.add_row(mark + r["name"], damaged, "-", "-", "-", "-", "-")
             continue
         val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
         table.add_row(
@@ -197,7 +228,8 @@ that `gpt train --config` reads). A run still training shows its progress so far
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
 train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
-stopped (max_steps, max_time, interrupted, running), created, size_bytes, config (the run's
+stopped (max_steps, max_time, interrupted, running), created, size_bytes, weights_bytes,
+train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
 inference_dtype {auto, int8} (what `--dtype auto` and `--dtype int8` run on this machine's CPU).
 
@@ -205,7 +237,7 @@ Example: gpt models show stories --plot stories-loss.png
 """
 
 
-@app.command("show", help=SHOW_HELP)
+@app.command("show", help=SHOW_HELP, cls=Command)
 def show_cmd(
     name: Annotated[
         str | None,
@@ -308,6 +340,13 @@ def print_summary(row: dict[str, Any]) -> None:
     if row["created"]:
         lines.append(("created", row["created"].replace("T", " ")))
     lines.append(("size", f"{human_count(row['size_bytes'])}B on disk, {row['path']}"))
+    if row["weights_bytes"] is not None:
+        lines.append(("", f"weights {human_count(row['weights_bytes'])}B"))
+    if row["train_state_bytes"] is not None:
+        state = human_count(row["train_state_bytes"])
+        lines.append(("", f"training state {state}B, for --resume (gpt models prune drops it)"))
+    elif row["weights"]:
+        lines.append(("", "no training state: --resume cannot continue this model"))
 
     title = Text(row["name"], style="bold")
     if row["default"]:
@@ -365,7 +404,9 @@ def write_plot(path: Path, name: str, history: list[dict[str, Any]]) -> None:
         plt.close(fig)
 
 
-@app.command("rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model")
+@app.command(
+    "rm", help="Remove a model from the store.\n\nExample: gpt models rm old-model", cls=Command
+)
 def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
     from gptcli.store import ModelStore
 
@@ -376,8 +417,34 @@ def rm_cmd(name: ModelName, json_out: JsonOption = False) -> None:
         typer.echo(f"removed {name}")
 
 
+PRUNE_HELP = """Drop a model's training state, keeping the model.
+
+The training state (optimizer moments, RNG and step) is what --resume needs: one to two times
+the size of the weights (Muon keeps one moment per weight, AdamW two). Without it the model
+generates, evaluates and fine-tunes as before, but --resume cannot continue it.
+`gpt train --no-train-state` does not keep it in the first place.
+
+Example: gpt models prune stories
+"""
+
+
+@app.command("prune", help=PRUNE_HELP, cls=Command)
+def prune_cmd(name: ModelName, json_out: JsonOption = False) -> None:
+    from gptcli.store import ModelStore
+
+    freed = ModelStore().drop_train_state(name)
+    if json_out:
+        print_json({"pruned": name, "freed_bytes": freed})
+    elif freed:
+        typer.echo(f"pruned {name}: dropped {human_count(freed)}B of training state")
+    else:
+        typer.echo(f"{name} has no training state to drop")
+
+
 @app.command(
-    "default", help="Show or set the default model.\n\nExample: gpt models default stories"
+    "default",
+    cls=Command,
+    help="Show or set the default model.\n\nExample: gpt models default stories",
 )
 def default_cmd(
     name: Annotated[
@@ -411,7 +478,7 @@ Example: gpt models import ~/models/gpt2 --name gpt2
 """
 
 
-@app.command("import", help=IMPORT_HELP)
+@app.command("import", help=IMPORT_HELP, cls=Command)
 def import_cmd(
     directory: Annotated[str, typer.Argument(metavar="DIR", help="Hugging Face GPT-2 directory.")],
     name: Annotated[
@@ -435,30 +502,71 @@ def import_cmd(
     info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
 
 
-EXPORT_HELP = """Write a gpt2-family model as a Hugging Face GPT-2 directory.
+class ExportFormat(str, Enum):
+    hf = "hf"
+    gguf = "gguf"
 
-transformers loads the result with GPT2LMHeadModel.from_pretrained(DIR) and
-AutoTokenizer.from_pretrained(DIR) and computes the same logits. Models of the modern family
-(rotary, RMSNorm) have no GPT-2 equivalent and are refused.
 
-Example: gpt models export stories ./stories-hf
+class GgufDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    q8_0 = "q8_0"
+
+
+EXPORT_HELP = """Write a model for transformers (a directory) or llama.cpp and ollama (FILE.gguf).
+
+A directory: transformers loads it with AutoModelForCausalLM.from_pretrained(DIR) and
+AutoTokenizer.from_pretrained(DIR) and computes the same logits: GPT2LMHeadModel for the gpt2
+family, NanoChatForCausalLM (transformers >= 5) for the default modern family. The chat
+template travels as the tokenizer's Jinja chat_template. `gpt models import DIR` reads it back
+bit for bit.
+
+A .gguf file (or --format gguf; needs the gguf package, the gguf extra): llama.cpp's gpt2
+architecture, so gpt2-family models with a BPE tokenizer only (llama.cpp has no architecture
+for the modern family). --dtype float32 (default), float16, bfloat16 or q8_0; --ollama also
+writes an ollama Modelfile beside it. Classifiers are refused.
+
+Examples:
+  gpt models export stories ./stories-hf
+  gpt train examples/stories --family gpt2 --name stories-gpt2 --max-time 60s
+  gpt models export stories-gpt2 stories.gguf --dtype q8_0 --ollama
 """
 
 
-@app.command("export", help=EXPORT_HELP)
+@app.command("export", help=EXPORT_HELP, cls=Command)
 def export_cmd(
     name: Annotated[
         str,
         typer.Argument(help="Model name or directory.", autocompletion=complete_model_name),
     ],
-    directory: Annotated[str, typer.Argument(metavar="DIR", help="Directory to write.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace DIR if it is not empty.")] = False,
+    target: Annotated[
+        str, typer.Argument(metavar="DIR|FILE.gguf", help="Directory or GGUF file to write.")
+    ],
+    format: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="hf or gguf (default: gguf for a .gguf target, else hf)."),
+    ] = None,
+    dtype: Annotated[
+        GgufDtype, typer.Option(help="GGUF weights: float32, float16, bfloat16 or q8_0.")
+    ] = GgufDtype.float32,
+    ollama: Annotated[
+        bool, typer.Option("--ollama", help="GGUF: also write an ollama Modelfile beside it.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace what is at the target.")] = False,
     json_out: JsonOption = False,
 ) -> None:
-    from gptcli.interop import export_hf_dir
+    from gptcli.interop import export_gguf, export_hf_dir
     from gptcli.store import ModelStore
 
-    summary = export_hf_dir(name, Path(directory).expanduser(), force, ModelStore())
+    path = Path(target).expanduser()
+    kind = format.value if format else ("gguf" if path.suffix.lower() == ".gguf" else "hf")
+    if kind == "gguf":
+        summary = export_gguf(name, path, dtype.value, ollama, force, ModelStore())
+    else:
+        if dtype is not GgufDtype.float32 or ollama:
+            raise GptError("--dtype and --ollama apply to GGUF exports (a .gguf target)")
+        summary = export_hf_dir(name, path, force, ModelStore())
     if json_out:
         print_json(summary)
         return

@@ -9,6 +9,7 @@ import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.usage import Command, Group
 from gptcli.errors import GptError
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ app = typer.Typer(
     help="Train a tokenizer, or see how text turns into tokens and back.\n\n"
     "Example: echo 'Once upon a time' | gpt tokenize encode -m stories",
     no_args_is_help=True,
+    cls=Group,
 )
 
 ModelOption = Annotated[
@@ -51,6 +53,7 @@ def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
 
 @app.command(
     "train",
+    cls=Command,
     help="Train a tokenizer on text files and store it.\n\n"
     "Example: gpt tokenize train examples/stories --vocab-size 1024 --name stories",
 )
@@ -90,6 +93,7 @@ def train_cmd(
 
 @app.command(
     "encode",
+    cls=Command,
     help="Text -> token ids (stdin when no text is given).\n\n"
     "Example: gpt tokenize encode 'Once upon a time' -m stories --json",
 )
@@ -135,7 +139,11 @@ def shown_pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
     return pieces
 
 
-@app.command("decode", help="Token ids -> text.\n\nExample: gpt tokenize decode 12 7 42 -m stories")
+@app.command(
+    "decode",
+    help="Token ids -> text.\n\nExample: gpt tokenize decode 12 7 42 -m stories",
+    cls=Command,
+)
 def decode_cmd(
     ids: Annotated[list[str] | None, typer.Argument(help="Token ids (stdin when omitted).")] = None,
     model: ModelOption = None,

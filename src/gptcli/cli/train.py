@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -144,6 +146,27 @@ BlockSize = Annotated[int | None, typer.Option(help="Context length (default: th
 Dropout = Annotated[float | None, typer.Option(help="Dropout probability (default: 0).")]
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop) acts as Ctrl+C: before and after the training loop it ends
+    the command as `error: interrupted`; inside the loop it stops after the step and saves."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach it only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_training(job: Job, quiet: bool, json_out: bool) -> None:
     """Runs a training job (`run.execute`) with a progress display and prints its summary.
 
@@ -154,7 +177,7 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
 
     main_process = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_process
-    with TrainProgress(quiet) as progress:
+    with sigterm_as_ctrl_c(), TrainProgress(quiet) as progress:
         summary = execute(job, ModelStore(), progress, lambda m: info(m, quiet))
     if not main_process:
         return

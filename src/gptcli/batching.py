@@ -1,0 +1,399 @@
+"""Continuous batching: many sequences, each at its own length, decoded one step at a time together.
+
+`RaggedKVCache` holds a fixed number of slots (rows), each with its own length; `BatchEngine`
+owns one model and one such cache, and runs on its own thread: a request joins after its
+prompt's prefill (run alone, then copied into free slots), every active sequence then advances
+by one token in one shared forward pass per step, and a sequence that ends (stop token, stop
+string, max_tokens, cancelled by its caller) leaves its slot at once without holding up the rest.
+
+Per token the engine does what `gptcli.generate.generate_batch` does for one sample (penalties
+from running counts, `sample_next_token` with the sequence's own generator, stop ids, text through
+`TextStream`), so a request running alone gets exactly the tokens `gpt generate` prints. Sequences
+decoded side by side go through batched matrix products, whose float sums may differ from a
+lone row's in the last bits.
+
+It knows nothing of HTTP or JSON: callers submit `Request`s and receive `Event`s through the
+`sink` callback they give (called on the engine's thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gptcli.errors import GptError
+from gptcli.generate import TextStream, TokenCounts
+from gptcli.model import GPT, KVCache
+from gptcli.sample import SamplingSettings, sample_next_token
+from gptcli.tokenizer import Tokenizer
+
+
+class RaggedKVCache:
+    """Keys and values for `slots` independent sequences, each with its own length.
+
+    Decoding goes through the model's one-token static path (see `KVCache`): before each step
+    the engine calls `select(rows, positions)`; every row then writes its new key and value at
+    its own position, attends to its own keys only (under `mask`), and takes its own position's
+    embedding or rotary angle (`index` holds one position per row).
+    """
+
+    static = True  # the model's one-token path with positions in `index` and keys under `mask`
+
+    def __init__(self, model: GPT, slots: int) -> None:
+        config = model.config
+        p = next(model.parameters())
+        dtype = torch.float32 if p.device.type == "cpu" else p.dtype  # as GPT.new_cache
+        shape = (config.n_layer, slots, config.n_head, config.block_size, config.head_size)
+        self.k = torch.zeros(shape, device=p.device, dtype=dtype)
+        self.v = torch.zeros(shape, device=p.device, dtype=dtype)
+        self.max_len = config.block_size
+        self.slots = torch.arange(config.block_size, device=p.device)
+        self.rows = torch.zeros(0, dtype=torch.long, device=p.device)
+        self.index = torch.zeros(0, dtype=torch.long, device=p.device)
+        self.span = 0  # keys attended to this step: the longest selected row, plus the new one
+        self.first: int | None = None  # the first row, when the selected rows are contiguous
+        self.mask: torch.Tensor | None = None
+
+    def select(self, rows: list[int], positions: list[int]) -> None:
+        """The slots that take part in the next step, and the position each one writes."""
+        device = self.k.device
+        self.rows = torch.tensor(rows, dtype=torch.long, device=device)
+        self.index = torch.tensor(positions, dtype=torch.long, device=device)
+        self.span = max(positions) + 1
+        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+        self.first = rows[0] if contiguous else None
+        if min(positions) == max(positions):
+            self._mask = None  # every row sees all the keys up to the span: no mask needed
+        else:  # (B, 1, 1, span): row b sees its keys up to its own position
+            self._mask = self.slots[: self.span].view(1, 1, 1, -1) <= self.index.view(-1, 1, 1, 1)
+
+    def static_mask(self) -> torch.Tensor | None:
+        return self._mask
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """k, v (B, H, 1, D) of the selected rows -> their keys and values (B, H, span, D)."""
+        self.k[layer, self.rows, :, self.index] = k[:, :, 0].to(self.k.dtype)
+        self.v[layer, self.rows, :, self.index] = v[:, :, 0].to(self.v.dtype)
+        if self.first is not None:  # a view, no copy
+            end = self.first + self.rows.numel()
+            return (
+                self.k[layer, self.first : end, :, : self.span],
+                self.v[layer, self.first : end, :, : self.span],
+            )
+        return (
+            self.k[layer, :, :, : self.span].index_select(0, self.rows),
+            self.v[layer, :, :, : self.span].index_select(0, self.rows),
+        )
+
+    def store(self, slot: int, source: KVCache, length: int, row: int = 0) -> None:
+        """Copies row `row` of a prefilled cache, its first `length` positions, into `slot`."""
+        self.k[:, slot, :, :length] = source.k[:, row, :, :length]
+        self.v[:, slot, :, :length] = source.v[:, row, :, :length]
+
+
+# -- requests and their sequences -----------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    """What the engine tells a request's sink: text of one choice, its end, or a failure.
+
+    kind "text": `text` of choice `choice`; "done": the choice ended with `finish` ("stop" or
+    "length") after `tokens` tokens; "error": the request failed (`text` says why), and no
+    further events follow for it.
+    """
+
+    kind: str
+    choice: int = 0
+    text: str = ""
+    finish: str = ""
+    tokens: int = 0
+
+
+@dataclass
+class Request:
+    """One prompt and `n` choices to generate from it; choice i samples with seed + i."""
+
+    prompt: list[int]
+    max_tokens: int
+    settings: SamplingSettings
+    seed: int
+    sink: Callable[[Event], None]
+    n: int = 1
+    stop_ids: frozenset[int] = frozenset()
+    stops: tuple[str, ...] = ()
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        """Ends every choice at the engine's next step (safe from any thread)."""
+        self.cancelled = True
+
+
+class Sequence:
+    """One choice of a request in a slot: its tokens, sampling state and text."""
+
+    def __init__(
+        self,
+        request: Request,
+        choice: int,
+        slot: int,
+        window: list[int],
+        tokenizer: Tokenizer,
+        device: torch.device,
+    ) -> None:
+        self.request, self.choice, self.slot = request, choice, slot
+        self.history = list(window)  # prompt window + tokens: for a window prefilled again
+        self.length = len(window)  # tokens in the slot's cache
+        self.generated = 0
+        self.last = 0  # the token to feed at the next step
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(request.seed + choice)
+        self.counts: TokenCounts | None = None
+        self.stream = TextStream(tokenizer, request.stops)
+        self.finished = False
+
+    def emit(self, event: Event) -> None:
+        self.request.sink(event)
+
+    def accept(self, logits: torch.Tensor, vocab: int) -> None:
+        """Samples the next token from logits (1, V) and takes it."""
+        self.take(sample_rows([self], logits, vocab)[0])
+
+    def take(self, token: int) -> None:
+        """The sampled token: emits its text, or the end."""
+        if token in self.request.stop_ids:
+            return self.finish("stop")
+        self.generated += 1
+        self.history.append(token)
+        piece = self.stream.push(token)
+        if piece:
+            self.emit(Event("text", self.choice, text=piece))
+        if self.stream.stopped:
+            return self.finish("stop")
+        if self.generated >= self.request.max_tokens:
+            return self.finish("length")
+        if self.counts is not None:
+            self.counts.add(torch.tensor([[token]], device=self.counts.seen.device))
+        self.last = token
+
+    def finish(self, reason: str) -> None:
+        rest = self.stream.flush()
+        if rest:
+            self.emit(Event("text", self.choice, text=rest))
+        self.finished = True
+        self.emit(Event("done", self.choice, finish=reason, tokens=self.generated))
+
+
+def sample_rows(seqs: list[Sequence], logits: torch.Tensor, vocab: int) -> list[int]:
+    """The next token of each sequence from its row of logits (len(seqs), V).
+
+    Rows with the same settings and no penalties are filtered and normalised together, each
+    still drawing from its own generator (so a row gets the token it would get alone); a row
+    with penalties first applies its own running counts.
+    """
+    tokens = [0] * len(seqs)
+    groups: dict[SamplingSettings, list[int]] = {}
+    for row, seq in enumerate(seqs):
+        settings = seq.request.settings
+        if not settings.penalized:
+            groups.setdefault(settings, []).append(row)
+            continue
+        if seq.counts is None:
+            seq.counts = TokenCounts(seq.history, 1, vocab, logits.device)
+        penalized = seq.counts.apply(logits[row : row + 1], settings)
+        tokens[row] = int(sample_next_token(penalized, settings, [seq.generator]).item())
+    for settings, rows in groups.items():
+        picked = logits[rows[0] : rows[0] + 1] if len(rows) == 1 else logits[rows]
+        ids = sample_next_token(picked, settings, [seqs[r].generator for r in rows])
+        for row, token in zip(rows, ids.view(-1).tolist(), strict=True):
+            tokens[row] = token
+    return tokens
+
+
+class QueueFull(GptError):
+    """More requests wait than the engine's queue holds."""
+
+
+class BatchEngine:
+    """One model's decode loop on its own thread, shared by every request for that model."""
+
+    def __init__(
+        self, model: GPT, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 32
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.context = model.config.block_size
+        self.vocab = model.config.vocab_size
+        self.cache = RaggedKVCache(model, max_batch)
+        self.waiting: deque[Request] = deque()
+        self.active: dict[int, Sequence] = {}  # slot -> sequence
+        self.refill: list[Sequence] = []  # full sequences whose newest half is prefilled again
+        self.lock = threading.Condition()
+        self.stopping = False
+        self.steps = 0  # decode steps run (one forward pass each)
+        self.thread = threading.Thread(target=self._run, name="gpt-batch-engine", daemon=True)
+
+    def start(self) -> BatchEngine:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ends the loop; requests still in flight get an error event."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, request: Request) -> None:
+        """Queues a request; raises QueueFull when the queue is full."""
+        if request.n > self.max_batch:
+            raise GptError(f"n is at most {self.max_batch} here")
+        if not request.prompt:
+            raise GptError("generation needs at least one prompt token")
+        with self.lock:
+            if self.stopping:
+                raise QueueFull("the server is shutting down")
+            free = self.max_batch - len(self.active)  # the next step takes that many
+            if len(self.waiting) - free >= self.max_queue:
+                raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
+            self.waiting.append(request)
+            self.lock.notify()
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self.active)
+
+    # -- the loop (engine thread) -------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.lock:
+                    while not (self.stopping or self.waiting or self.active):
+                        self.lock.wait()
+                    if self.stopping:
+                        break
+                    joining = self._admit()
+                try:
+                    if joining:
+                        self._join(joining)
+                    for seq in self.refill:
+                        self._prefill_again(seq)
+                    self.refill.clear()
+                    self._drop_ended()
+                    if self.active:
+                        self._step()
+                        self._drop_ended()
+                except Exception as exc:  # a bug or out of memory: fail these, keep serving
+                    self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+        self._fail_all("the server is shutting down")
+
+    def _admit(self) -> list[Request]:
+        """Requests that fit in the free slots, in arrival order (called under the lock)."""
+        joining = []
+        free = self.max_batch - len(self.active)
+        while self.waiting and (self.waiting[0].n <= free or self.waiting[0].cancelled):
+            request = self.waiting.popleft()
+            if not request.cancelled:
+                joining.append(request)
+                free -= request.n
+        return joining
+
+    def _free_slots(self) -> list[int]:
+        return [s for s in range(self.max_batch) if s not in self.active]
+
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, KVCache]:
+        """Runs ids alone through the model: float32 logits of the last position (1, V)."""
+        device = self.cache.k.device
+        cache = self.model.new_cache(1, len(ids))
+        logits, _ = self.model(torch.tensor([ids], device=device), cache=cache, last_only=True)
+        return logits[:, -1].float(), cache
+
+    def _prefill_together(self, windows: list[list[int]]) -> tuple[torch.Tensor, KVCache]:
+        """Several prompts in one forward pass, each padded on the right to the longest: under
+        the causal mask a row's real tokens never see its padding. Logits (B, V) are taken at
+        each row's own last token."""
+        device = self.cache.k.device
+        longest = max(len(w) for w in windows)
+        ids = torch.tensor([w + [0] * (longest - len(w)) for w in windows], device=device)
+        cache = self.model.new_cache(len(windows), longest)
+        hidden = self.model.hidden(ids, cache)  # (B, T, C)
+        last = torch.tensor([len(w) - 1 for w in windows], device=device)
+        rows = torch.arange(len(windows), device=device)
+        return self.model.lm_head(hidden[rows, last]).float(), cache
+
+    def _join(self, requests: list[Request]) -> None:
+        """Prefills the requests that joined at this step, and puts their choices in slots.
+
+        A request alone is prefilled alone, as `gpt generate` prefills it (the same numbers);
+        several arriving together share one forward pass, which costs less than one each."""
+        windows = [r.prompt[-self.context :] for r in requests]  # the newest, as gpt generate
+        if len(requests) == 1:
+            logits, prefilled = self._prefill(windows[0])
+        else:
+            logits, prefilled = self._prefill_together(windows)
+        free = iter(self._free_slots())
+        joined, rows = [], []
+        for row, (request, window) in enumerate(zip(requests, windows, strict=True)):
+            for choice in range(request.n):
+                slot = next(free)
+                self.cache.store(slot, prefilled, len(window), row)
+                seq = Sequence(request, choice, slot, window, self.tokenizer, self.cache.k.device)
+                self.active[slot] = seq
+                joined.append(seq)
+                rows.append(row)
+        for seq, token in zip(joined, sample_rows(joined, logits[rows], self.vocab), strict=True):
+            seq.take(token)
+            self._check_full(seq)
+
+    def _check_full(self, seq: Sequence) -> None:
+        if not seq.finished and seq.length >= self.context:
+            self.refill.append(seq)
+
+    def _prefill_again(self, seq: Sequence) -> None:
+        """A sequence that filled the context goes on from its newest half (as gpt generate
+        does for a model with learned positions)."""
+        if seq.finished or seq.request.cancelled:
+            return
+        window = seq.history[-max(1, self.context // 2) :]
+        logits, prefilled = self._prefill(window)
+        self.cache.store(seq.slot, prefilled, len(window))
+        seq.length = len(window)
+        seq.accept(logits, self.vocab)
+        self._check_full(seq)
+
+    def _step(self) -> None:
+        """One forward pass: every active sequence that has room advances by one token."""
+        waiting_refill = {id(s) for s in self.refill}
+        seqs = [s for _, s in sorted(self.active.items()) if id(s) not in waiting_refill]
+        if not seqs:
+            return
+        device = self.cache.k.device
+        self.cache.select([s.slot for s in seqs], [s.length for s in seqs])
+        tokens = torch.tensor([[s.last] for s in seqs], device=device)
+        logits, _ = self.model(tokens, cache=self.cache, last_only=True)
+        logits = logits[:, -1].float()
+        self.steps += 1
+        for seq, token in zip(seqs, sample_rows(seqs, logits, self.vocab), strict=True):
+            seq.length += 1
+            seq.take(token)
+            self._check_full(seq)
+
+    def _drop_ended(self) -> None:
+        for slot, seq in list(self.active.items()):
+            if seq.finished or seq.request.cancelled:
+                del self.active[slot]
+
+    def _fail_all(self, message: str) -> None:
+        failed = {id(s.request): s.request for s in self.active.values()}
+        with self.lock:
+            while self.waiting:
+                request = self.waiting.popleft()
+                failed[id(request)] = request
+        self.active.clear()
+        self.refill.clear()
+        for request in failed.values():
+            request.sink(Event("error", text=message))

@@ -1,0 +1,133 @@
+"""`gpt serve`: load the models, start one batching engine each, serve them over HTTP."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Annotated
+
+import typer
+
+from gptcli.cli.console import info
+from gptcli.cli.generate import DeviceOption, DtypeOption, ThreadsOption, sleeping_omp_threads
+from gptcli.cli.options import complete_model_name
+
+HELP = """Serve models over an OpenAI-compatible HTTP API, with a chat page at /.
+
+Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions. \
+Requests in flight together are decoded together (continuous batching). Needs the serve \
+extra: pip install "gptcli\\[serve]".
+
+Example: gpt serve -m stories -m stories-chat --port 8080
+"""
+
+INSTALL_HINT = (
+    'gpt serve needs the serve extra (starlette, uvicorn): pip install "gptcli[serve]", '
+    'or pip install -e ".[serve]" in a checkout'
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to serve, by store name or directory (repeatable; default: the "
+            "store's default). Requests name it by its name.",
+            autocompletion=complete_model_name,
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback needs care.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).", min=0, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="GPTCLI_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on /v1 requests.",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    threads: ThreadsOption = None,
+    max_batch: Annotated[
+        int, typer.Option(help="Sequences decoded together, per model.", min=1, max=256)
+    ] = 8,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests waiting for a slot before 503s, per model.", min=0)
+    ] = 32,
+    max_tokens: Annotated[
+        int, typer.Option(help="Most tokens a request may ask for, per choice.", min=1)
+    ] = 2048,
+) -> None:
+    sleeping_omp_threads()
+    from gptcli.errors import GptError
+
+    try:
+        import uvicorn
+
+        from gptcli.serve.app import ServedModel, Server, create_app
+    except ImportError:
+        raise GptError(INSTALL_HINT) from None
+    from gptcli.batching import BatchEngine
+    from gptcli.chat import load_template
+    from gptcli.cli.generate import load_for_inference
+    from gptcli.serve.protocol import Limits
+
+    served: list[ServedModel] = []
+    for ref in model or [None]:
+        loaded = load_for_inference(ref, device, dtype, threads)
+        if any(s.name == loaded.name for s in served):
+            raise GptError(f"two models are named {loaded.name!r}: serve each name once")
+        template = load_template(loaded.path, loaded.tokenizer)
+        engine = BatchEngine(loaded.model, loaded.tokenizer, max_batch, max_queue)
+        created = int((loaded.path / "config.json").stat().st_mtime)
+        served.append(ServedModel(loaded.name, loaded, template, engine, created))
+
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # from now on connections wait in the backlog for uvicorn
+    except OSError as exc:
+        raise GptError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound = sock.getsockname()[1]
+    if not is_loopback(host) and not api_key:
+        info(
+            f"warning: serving on {host}, reachable from other machines, without an API key "
+            "(set --api-key or GPTCLI_API_KEY)"
+        )
+    server = Server(served, Limits(max_tokens=max_tokens, max_n=max_batch), api_key)
+    config = uvicorn.Config(
+        create_app(server),
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        lifespan="off",
+    )
+    shown = f"[{host}]" if ":" in host else host
+    names = ", ".join(s.name for s in served)
+    info(f"serving {names} on http://{shown}:{bound} (Ctrl+C to stop)")
+    for s in served:
+        s.engine.start()
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn raises the Ctrl+C again once it has shut down: that is a normal exit
+    finally:
+        for s in served:
+            s.engine.stop()
+        sock.close()
+    info("stopped")

@@ -1,0 +1,161 @@
+"""The continuous-batching engine against `generate_tokens`, token for token: sequences of
+different lengths decoded together, both model families, greedy, seeded and penalised
+sampling, a sequence that passes the context, stop strings and cancellation."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from gptcli.batching import BatchEngine, Event, QueueFull, RaggedKVCache, Request
+from gptcli.config import ModelConfig
+from gptcli.errors import GptError
+from gptcli.generate import TextStream, generate_tokens
+from gptcli.model import GPT
+from gptcli.sample import SamplingSettings
+from gptcli.tokenizer import Tokenizer
+
+TEXT = "hello world, this is a tiny corpus of text for a char tokenizer. "
+SETTINGS = [
+    SamplingSettings(temperature=0),
+    SamplingSettings(),
+    SamplingSettings(
+        temperature=1.0,
+        top_k=5,
+        repetition_penalty=1.3,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.train_char([TEXT])
+
+
+def tiny(tok: Tokenizer, family: str) -> GPT:
+    torch.manual_seed(0)
+    values = ModelConfig.from_preset("tiny", vocab_size=tok.vocab_size, block_size=24).to_dict()
+    return GPT(ModelConfig.from_dict(values | {"family": family})).eval()
+
+
+class Collector:
+    """The text and end of every choice of one request, and when it is all done."""
+
+    def __init__(self, n: int = 1) -> None:
+        self.texts = [""] * n
+        self.finish = [""] * n
+        self.tokens = [0] * n
+        self.left = n
+        self.done = threading.Event()
+        self.errors: list[str] = []
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "text":
+            self.texts[event.choice] += event.text
+        elif event.kind == "done":
+            self.finish[event.choice], self.tokens[event.choice] = event.finish, event.tokens
+            self.left -= 1
+            if not self.left:
+                self.done.set()
+        else:
+            self.errors.append(event.text)
+            self.done.set()
+
+
+def reference(model: GPT, tok: Tokenizer, prompt: str, n: int, settings, seed: int) -> str:  # type: ignore[no-untyped-def]
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    stream = TextStream(tok)
+    tokens = generate_tokens(model, tok.encode(prompt), n, settings, generator)
+    return "".join(stream.push(t) for t in tokens) + stream.flush()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_together_or_alone_the_tokens_of_generate(tok: Tokenizer, family: str) -> None:
+    model = tiny(tok, family)
+    prompts = ["hello", "this is a", "tiny corpus of", "t"]  # different lengths
+    # within the context: a rotary model would slide past it where the engine prefills again
+    n = 9 if family == "modern" else 40
+    engine = BatchEngine(model, tok, max_batch=4).start()
+    try:
+        for settings in SETTINGS:
+            expected = [reference(model, tok, p, n, settings, 7 + i) for i, p in enumerate(prompts)]
+            for together in (False, True):
+                sinks = []
+                for i, p in enumerate(prompts):
+                    sink = Collector()
+                    engine.submit(Request(tok.encode(p), n, settings, 7 + i, sink))
+                    sinks.append(sink)
+                    if not together:
+                        assert sink.done.wait(60)
+                for sink in sinks:
+                    assert sink.done.wait(60) and not sink.errors
+                assert [s.texts[0] for s in sinks] == expected, (settings, together)
+    finally:
+        engine.stop()
+
+
+def test_stops_lengths_choices_and_cancel(tok: Tokenizer) -> None:
+    model = tiny(tok, "gpt2")
+    engine = BatchEngine(model, tok, max_batch=3, max_queue=1).start()
+    greedy = SamplingSettings(temperature=0)
+    try:
+        full = reference(model, tok, "hello", 20, greedy, 0)
+        stop = full[8:10]
+        sink = Collector()
+        engine.submit(Request(tok.encode("hello"), 20, greedy, 0, sink, stops=(stop,)))
+        assert sink.done.wait(60)
+        assert sink.texts == [full[: full.find(stop)]] and sink.finish == ["stop"]
+        sink = Collector(2)
+        engine.submit(Request(tok.encode("hello"), 5, SamplingSettings(), 3, sink, n=2))
+        assert sink.done.wait(60)
+        assert sink.finish == ["length", "length"] and sink.tokens == [5, 5]
+        # a long request cancelled mid-way leaves its slot; the others are not held up
+        long, short = Collector(), Collector()
+        cancelled = Request(tok.encode("t"), 10**6, SamplingSettings(), 1, long)
+        engine.submit(cancelled)
+        engine.submit(Request(tok.encode("hello"), 30, greedy, 0, short))
+        assert short.done.wait(60) and short.tokens == [30]
+        cancelled.cancel()
+        for _ in range(600):
+            if engine.busy_slots == 0:
+                break
+            threading.Event().wait(0.05)
+        assert engine.busy_slots == 0 and not long.done.is_set()
+    finally:
+        engine.stop()
+
+
+def test_queue_limit(tok: Tokenizer) -> None:
+    engine = BatchEngine(tiny(tok, "gpt2"), tok, max_batch=1, max_queue=1)  # not started
+    greedy = SamplingSettings(temperature=0)
+    engine.submit(Request([1], 5, greedy, 0, Collector()))  # takes the free slot next step
+    engine.submit(Request([1], 5, greedy, 0, Collector()))  # waits
+    with pytest.raises(QueueFull):
+        engine.submit(Request([1], 5, greedy, 0, Collector()))
+    with pytest.raises(GptError, match="n is at most 1"):
+        engine.submit(Request([1], 5, greedy, 0, Collector(), n=2))
+
+
+def test_ragged_cache_rows_see_only_their_own_keys(tok: Tokenizer) -> None:
+    """One step over rows of lengths 3 and 7 gives each row the logits it gets alone."""
+    model = tiny(tok, "modern")
+    prompts = [tok.encode("hel"), tok.encode("tiny co")]
+    cache = RaggedKVCache(model, 2)
+    alone = []
+    with torch.inference_mode():
+        for slot, ids in enumerate(prompts):
+            single = model.new_cache(1, len(ids) + 1)
+            model(torch.tensor([ids[:-1]]), cache=single)
+            cache.store(slot, single, len(ids) - 1)
+            logits, _ = model(torch.tensor([ids[-1:]]), cache=single, last_only=True)
+            alone.append(logits[0, -1])
+        cache.select([0, 1], [len(p) - 1 for p in prompts])
+        tokens = torch.tensor([[p[-1]] for p in prompts])
+        together, _ = model(tokens, cache=cache, last_only=True)
+    for row in range(2):
+        torch.testing.assert_close(together[row, -1], alone[row], rtol=1e-5, atol=1e-5)
