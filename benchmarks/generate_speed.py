@@ -1,34 +1,43 @@
-"""B2: decode speed on this machine's CPU, `gpt generate` against `transformers` `generate`.
+"""B2: decode speed on this machine's CPU, `gpt generate` against `transformers` and llama.cpp.
 
 A 124M GPT-2-shaped model (12 layers x 768, vocab 50257, context 1024) gets random weights from
 a fixed seed in `transformers` and is saved with `save_pretrained`; ours loads that directory
-through gptcli.hf, as `gpt generate -m DIR` does, so both sides run the same weights. Batch 1,
-greedy, a 32-token prompt, 128 new tokens, end-of-text ignored. In each run, back to back in this
-one process and with the thread settings `gpt generate` makes (torch's thread count, OpenMP
-threads that sleep while they wait; see `sleeping_omp_threads`):
+through gptcli.hf, as `gpt generate -m DIR` does, so every side runs the same weights. Batch 1,
+greedy, a 32-token prompt, 128 new tokens, end-of-text ignored. In each run, interleaved, with
+the thread settings `gpt generate` makes (torch's thread count, OpenMP threads that sleep while
+they wait; see `sleeping_omp_threads`):
 
 - `transformers`: `GPT2LMHeadModel.generate`, float32, its default attention (SDPA);
-- `gpt default`: our engine as `gpt generate` runs it by default (`--dtype auto`);
-- `gpt float32`: the same with `--dtype float32`.
+- `gpt float32`, `gpt bfloat16`, `gpt int8`: our engine as `gpt generate --dtype ...` runs it
+  (`auto` is bfloat16 on CPUs with native bfloat16, float32 elsewhere);
+- llama.cpp, where a `llama-bench` binary is on PATH or given with `--llama-bench`: the same
+  weights written to GGUF here (with the `gguf` package) as f32, bf16 and q8_0, each measured by
+  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side. It
+  inherits this process's OMP_WAIT_POLICY (llama.cpp's CPU backend runs on OpenMP when built
+  with it, as by default): at load 12 on 2 cores, spinning threads took its f32 decode from
+  about 7 tokens/s to 0.5.
 
 Prefill tok/s = prompt tokens / time to the first new token; decode tok/s = 127 / (time for 128
-new tokens - time for 1), for both sides alike. Ratios are taken within each run (the machine
-is shared and noisy) and summarised as min / median / max.
+new tokens - time for 1) on our side and transformers'; llama-bench's pp32 and tg128. Ratios are
+taken within each run (the machine is shared and noisy) and summarised as min / median / max;
+the load average is printed before and after.
 
-`--eval-model NAME_OR_DIR` also measures what the default dtype costs in quality, in float32 and
-in the default dtype: `gpt eval`'s loss on `--eval-text` (default: the last 10% of
-tinyshakespeare), and the loss of its first tokens fed one at a time through the KV cache (the
-decode path: single-row products, the cache, windows past the context).
+`--eval-model NAME_OR_DIR` also measures what each dtype costs in quality: `gpt eval`'s loss on
+`--eval-text` (default: the last 10% of tinyshakespeare) in float32, the default dtype and int8,
+and the loss of its first tokens fed one at a time through the KV cache (the decode path).
 
-    python benchmarks/generate_speed.py [--runs 5] [--new-tokens 128] [--eval-model NAME]
+    python benchmarks/generate_speed.py [--runs 5] [--llama-bench PATH] [--eval-model NAME]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -97,12 +106,114 @@ class Ours:
         self.model = load_model(directory).model
         self.dtype = inference_dtype(dtype, torch.device("cpu"))
         prepare_for_inference(self.model, self.dtype)
-        self.name = f"gpt {'default' if dtype == 'auto' else dtype}"
+        self.name = f"gpt {str(self.dtype).removeprefix('torch.')}"
         self.stats = GenerationStats()
 
     def tokens(self, prompt: list[int], n: int) -> list[int]:
         self.stats = GenerationStats()
         return list(generate_tokens(self.model, prompt, n, GREEDY, stats=self.stats))
+
+
+# -- llama.cpp -------------------------------------------------------------------------------
+LLAMA_TYPES = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}  # our dtype -> GGUF's
+
+
+def write_gguf(model: torch.nn.Module, path: Path, qtype: str) -> None:
+    """Our gpt2-family model as a llama.cpp GGUF file (architecture `gpt2`; tied head, so no
+    `output.weight`). Matrices in `qtype` (f32, bf16 or q8_0), norms, biases and positions in
+    f32, as llama.cpp's own converter and quantizer leave them. The vocabulary is byte-level
+    placeholders: llama-bench feeds token ids and never tokenizes text."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    types = {
+        "f32": gguf.GGMLQuantizationType.F32,
+        "bf16": gguf.GGMLQuantizationType.BF16,
+        "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    }
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(4 * config.n_embd)
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_layer_norm_eps(config.layer_norm_eps)
+    writer.add_file_type({"f32": 0, "bf16": 32, "q8_0": 7}[qtype])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = alphabet + [f"<|t{i}|>" for i in range(len(alphabet), config.vocab_size)]
+    tokens[-1] = "<|endoftext|>"
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (len(tokens) - 1) + [3])
+    writer.add_token_merges(["Ġ t"])
+    writer.add_bos_token_id(len(tokens) - 1)
+    writer.add_eos_token_id(len(tokens) - 1)
+    names = {
+        "transformer.wte.weight": "token_embd.weight",
+        "transformer.wpe.weight": "position_embd.weight",
+        "transformer.ln_f.weight": "output_norm.weight",
+        "transformer.ln_f.bias": "output_norm.bias",
+    }
+    parts = {
+        "ln_1": "attn_norm",
+        "attn.c_attn": "attn_qkv",
+        "attn.c_proj": "attn_output",
+        "ln_2": "ffn_norm",
+        "mlp.c_fc": "ffn_up",
+        "mlp.c_proj": "ffn_down",
+    }
+    for key, value in model.weights().items():
+        if key in names:
+            name = names[key]
+        else:  # transformer.h.{i}.{part}.{weight,bias}
+            _, _, layer, rest = key.split(".", 3)
+            part, kind = rest.rsplit(".", 1)
+            name = f"blk.{layer}.{parts[part]}.{kind}"
+        data = value.float().numpy()
+        if data.ndim == 2 and name != "position_embd.weight" and qtype != "f32":
+            packed = gguf.quants.quantize(data, types[qtype])
+            writer.add_tensor(name, packed, raw_dtype=types[qtype])
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+class LlamaBench:
+    """One llama-bench run per call: pp (prompt tokens) and tg (new tokens) tokens/s."""
+
+    def __init__(self, binary: str, gguf_path: Path, dtype: str, threads: int) -> None:
+        self.binary, self.path, self.threads = binary, gguf_path, threads
+        self.name = f"llama.cpp {LLAMA_TYPES[dtype]}"
+
+    def measure(self, prompt: int, new: int) -> tuple[float, float]:
+        command = [self.binary, "-m", str(self.path), "-p", str(prompt), "-n", str(new)]
+        command += ["-t", str(self.threads), "-r", "1", "-o", "json"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if done.returncode:
+            raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        rows = json.loads(done.stdout)
+        pp = next(r["avg_ts"] for r in rows if r["n_prompt"] and not r["n_gen"])
+        tg = next(r["avg_ts"] for r in rows if r["n_gen"] and not r["n_prompt"])
+        return pp, tg
+
+
+def find_llama_bench(given: str | None) -> str | None:
+    if given:
+        if not Path(given).is_file():
+            raise SystemExit(f"--llama-bench {given}: no such file")
+        return given
+    return shutil.which("llama-bench")
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def timed(side: Transformers | Ours, prompt: list[int], n: int) -> tuple[float, list[int]]:
@@ -150,7 +261,7 @@ def eval_losses(ref: str, text_path: Path, stream_tokens: int) -> None:
     if text_path == DATA:
         text = text[int(len(text) * 0.9) :]  # the validation split
     rows = {}
-    for dtype in ("float32", "auto"):
+    for dtype in ("float32", "auto", "int8"):
         loaded = load_model(ModelStore().resolve(ref))
         weights = inference_dtype(dtype, torch.device("cpu"))
         prepare_for_inference(loaded.model, weights)
@@ -175,51 +286,81 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-model", help="also compare eval loss in float32 and the default")
+    parser.add_argument("--llama-bench", help="llama-bench binary (default: on PATH)")
+    parser.add_argument("--no-transformers", action="store_true", help="skip that side")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8", help="our side's dtypes")
+    parser.add_argument("--eval-model", help="also compare eval loss in each dtype")
     parser.add_argument("--eval-text", type=Path, default=DATA)
     parser.add_argument("--stream-tokens", type=int, default=1000)
     args = parser.parse_args()
 
     n, p = args.new_tokens, args.prompt_tokens
+    threads = torch.get_num_threads()
     prompt = torch.randint(0, 50256, (p,), generator=torch.Generator().manual_seed(1)).tolist()
+    llama = find_llama_bench(args.llama_bench)
+    dtypes = args.dtypes.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "gpt2-random"
         write_random_gpt2(directory, args.seed)
-        sides = [Transformers(directory), Ours(directory, "auto"), Ours(directory, "float32")]
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; default dtype "
-        f"{str(sides[1].dtype).removeprefix('torch.')}; prompt {p} tokens, {n} new, greedy"
-    )
-    for side in sides:  # warm-up
-        timed(side, prompt, 8)
-    prefill: dict[str, list[float]] = {s.name: [] for s in sides}
-    decode: dict[str, list[float]] = {s.name: [] for s in sides}
-    outputs: dict[str, list[int]] = {}
-    for run in range(args.runs):
-        for side in sides:
-            first, _ = timed(side, prompt, 1)
-            full, outputs[side.name] = timed(side, prompt, n)
-            prefill[side.name].append(p / first)
-            decode[side.name].append((n - 1) / (full - first))
-        row = "  ".join(f"{name} {decode[name][-1]:6.1f}" for name in decode)
-        print(f"run {run + 1}: decode tok/s  {row}", flush=True)
-
-    reference = "transformers"
-    print(f"\n{'':<14}{'prefill tok/s':>22}{'decode tok/s':>22}{'decode vs transformers':>26}")
-    for name in decode:
-        ratios = [d / r for d, r in zip(decode[name], decode[reference], strict=True)]
+        ours = [Ours(directory, dtype) for dtype in dtypes]
+        sides: list[Transformers | Ours] = [] if args.no_transformers else [Transformers(directory)]
+        sides += ours
+        pairs: dict[str, LlamaBench] = {}  # our side's name -> its llama.cpp pair
+        if llama is None:
+            print("llama.cpp: skipped (no llama-bench on PATH; see --llama-bench and the README)")
+        else:
+            plain = load_model(directory).model
+            for side, dtype in zip(ours, dtypes, strict=True):
+                path = Path(tmp) / f"gpt2-{LLAMA_TYPES[dtype]}.gguf"
+                write_gguf(plain, path, LLAMA_TYPES[dtype])
+                pairs[side.name] = LlamaBench(llama, path, dtype, threads)
+            del plain
         print(
-            f"{name:<14}{spread(prefill[name]):>22}{spread(decode[name]):>22}"
-            f"{spread(ratios, 2) + 'x':>26}"
+            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+            f"{torch.__version__}, {threads} threads, OMP_WAIT_POLICY="
+            f"{os.environ.get('OMP_WAIT_POLICY')}; auto = "
+            f"{str(inference_dtype('auto', torch.device('cpu'))).removeprefix('torch.')}; "
+            f"prompt {p} tokens, {n} new, greedy; load average {load()}"
         )
-    print("(min / median / max over runs; ratios within each run)")
-    ours_fp32 = outputs["gpt float32"]
-    same = sum(a == b for a, b in zip(ours_fp32, outputs[reference], strict=True))
-    pairs = enumerate(zip(outputs["gpt default"], ours_fp32, strict=True))
-    agree = next((i for i, (a, b) in pairs if a != b), n)
-    print(f"greedy tokens: gpt float32 = transformers on {same}/{n}; ", end="")
-    print(f"gpt default = gpt float32 for the first {agree}/{n}")
+        for side in sides:  # warm-up
+            timed(side, prompt, 8)
+        names = [s.name for s in sides] + [b.name for b in pairs.values()]
+        prefill: dict[str, list[float]] = {name: [] for name in names}
+        decode: dict[str, list[float]] = {name: [] for name in names}
+        outputs: dict[str, list[int]] = {}
+        for run in range(args.runs):
+            for side in sides:
+                first, _ = timed(side, prompt, 1)
+                full, outputs[side.name] = timed(side, prompt, n)
+                prefill[side.name].append(p / first)
+                decode[side.name].append((n - 1) / (full - first))
+                if side.name in pairs:
+                    bench = pairs[side.name]
+                    pp, tg = bench.measure(p, n)
+                    prefill[bench.name].append(pp)
+                    decode[bench.name].append(tg)
+            row = "  ".join(f"{name} {decode[name][-1]:.1f}" for name in names)
+            print(f"run {run + 1}: decode tok/s  {row}  (load {load()})", flush=True)
+
+    print(f"\n{'':<17}{'prefill tok/s':>22}{'decode tok/s':>22}{'decode vs llama.cpp':>22}")
+    for name in names:
+        pair = pairs.get(name)
+        ratio = ""
+        if pair is not None:
+            ratios = [a / b for a, b in zip(decode[name], decode[pair.name], strict=True)]
+            ratio = spread(ratios, 2) + "x"
+        print(f"{name:<17}{spread(prefill[name]):>22}{spread(decode[name]):>22}{ratio:>22}")
+    print(f"(min / median / max over {args.runs} runs; ratios within each run; load {load()})")
+    if "gpt float32" in outputs and "transformers" in outputs:
+        same = sum(
+            a == b for a, b in zip(outputs["gpt float32"], outputs["transformers"], strict=True)
+        )
+        print(f"greedy tokens: gpt float32 = transformers on {same}/{n}")
+    for name in outputs:
+        if name.startswith("gpt ") and name != "gpt float32" and "gpt float32" in outputs:
+            pairs_ = enumerate(zip(outputs[name], outputs["gpt float32"], strict=True))
+            agree = next((i for i, (a, b) in pairs_ if a != b), n)
+            print(f"greedy tokens: {name} = gpt float32 for the first {agree}/{n}")
     if args.eval_model:
         eval_losses(args.eval_model, args.eval_text, args.stream_tokens)
 

@@ -6,6 +6,10 @@ import json
 import os
 from pathlib import Path
 
+# Before torch loads (here and in every subprocess a test starts): OpenMP threads that spin
+# while they wait lose their core on a shared machine and slow every step many times over.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 from typer.testing import CliRunner
 

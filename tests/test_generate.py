@@ -29,7 +29,7 @@ from gptcli.generate import (
     prepare_for_inference,
     use_cuda_graphs,
 )
-from gptcli.model import GPT, matvec
+from gptcli.model import GPT, PackedWeight, quantize_int8
 from gptcli.sample import (
     SamplingSettings,
     apply_presence_frequency_penalties,
@@ -276,19 +276,64 @@ def test_cuda_graph_and_dtype_switches() -> None:
         inference_dtype("int4", cpu)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(96, 32), (300, 32), (97, 16)])  # blocks of rows; none fit
-def test_matvec_equals_linear(dtype: torch.dtype, shape: tuple[int, int]) -> None:
-    weight = torch.randn(*shape).to(dtype)
-    bias = torch.randn(shape[0]).to(dtype)
-    x = torch.randn(1, 1, shape[1]).to(dtype)
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    for b in (None, bias):
-        torch.testing.assert_close(
-            matvec(x, weight, b).float(), torch.nn.functional.linear(x, weight, b).float(),
-            atol=tol, rtol=tol,
-        )  # fmt: skip
-    assert torch.backends.mkldnn.enabled  # switched off only for the call
+@pytest.mark.parametrize("kind", ["onednn", "rowblocks", "int8"])
+@pytest.mark.parametrize("shape", [(96, 32), (300, 32), (97, 16)])  # 97 rows: no row blocks
+def test_packed_weight_equals_linear(kind: str, shape: tuple[int, int]) -> None:
+    """Each fast path gives F.linear's result: the same product for oneDNN's packed bfloat16
+    weight and float32's row blocks; for int8, F.linear over the dequantized weight, and the
+    float32 product within the int8 rounding (half a step of each row's scale)."""
+    weight = torch.randn(*shape)
+    bias = torch.randn(shape[0])
+    activations = torch.float32 if kind == "rowblocks" else torch.bfloat16
+    packed = PackedWeight(weight, kind, activations)
+    for rows in ((1, 1), (2, 5)):  # one token (decode) and a batch of sequences
+        x = torch.randn(*rows, shape[1]).to(activations)
+        for b in (None, bias):
+            got = packed(x, b).float()
+            assert got.shape == (*rows, shape[0])
+            if kind == "rowblocks":
+                want = torch.nn.functional.linear(x, weight, b)
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+                continue
+            bb = None if b is None else b.to(torch.bfloat16).float()
+            if kind == "onednn":
+                want = torch.nn.functional.linear(x.float(), weight.bfloat16().float(), bb)
+                torch.testing.assert_close(got, want, atol=2e-2, rtol=1e-2)
+                continue
+            q, scales = quantize_int8(weight)
+            assert q.dtype == torch.int8 and q.abs().max() == 127
+            dequant = q.float() * scales.bfloat16().float()[:, None]
+            assert (dequant - weight).abs().max() <= scales.max() / 2 + 1e-2
+            want = torch.nn.functional.linear(x.float(), dequant, bb)
+            torch.testing.assert_close(got, want, atol=3e-2, rtol=1e-2)
+            exact = torch.nn.functional.linear(x.float(), weight, bb)
+            assert (got - exact).abs().max() < 0.05 * exact.abs().max()
+
+
+def test_packed_weights_serve_only_inference_on_unchanged_weights() -> None:
+    model = prepare_for_inference(tiny_model("gpt2"), torch.int8)
+    head = model.lm_head
+    assert head.packed is not None and head.packed.kind == "int8"
+    assert model.transformer["wte"].weight.dtype == torch.bfloat16  # the tied head's rows
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        packed_logits = model(ids)[0]
+    model.pack_for_inference(None, torch.bfloat16)
+    with torch.no_grad():
+        plain_logits = model(ids)[0]
+    assert not torch.equal(packed_logits, plain_logits)  # the int8 path did run
+    torch.testing.assert_close(packed_logits, plain_logits, atol=0.1, rtol=0.05)
+    model.pack_for_inference("int8", torch.bfloat16)
+    x = torch.randn(1, 1, model.config.n_embd, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert not torch.equal(head(x), torch.nn.functional.linear(x, head.weight))
+        head.weight.mul_(2)  # an in-place change: the packed copy is stale and not used
+        assert head.packed is not None and not head.packed.matches(head.weight)
+        assert torch.equal(head(x), torch.nn.functional.linear(x, head.weight))
+    x.requires_grad_(True)
+    model.pack_for_inference("int8", torch.bfloat16)
+    head(x).sum().backward()  # with gradients: F.linear on the parameter
+    assert x.grad is not None
 
 
 def test_bfloat16_weights_keep_greedy_text_and_rotary_tables() -> None:

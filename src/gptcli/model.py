@@ -23,8 +23,6 @@ from gptcli.errors import GptError
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos and sin tables of rotary positions
 
 FORMAT_VERSION = "1"
-# x86 builds of torch batch GEMMs through MKL, which `matvec` relies on for float32.
-MKL_BATCHED = torch.backends.mkl.is_available()
 
 
 class KVCache:
@@ -120,46 +118,109 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-def row_blocks(rows: int) -> int:
-    """How many equal blocks `matvec` splits a matrix of this many rows into (0: none fits)."""
-    return next((d for d in range(8, 65) if rows % d == 0), 0)
+class PackedWeight:
+    """A Linear's weight in the layout of a faster inference kernel, made once by
+    `GPT.pack_for_inference` and used only while the weight it was made from is unchanged.
 
-
-def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (..., K) holding one row, times weight (N, K) -> (..., N), at the speed of reading W.
-
-    Decoding one token reads every weight for a single multiply-add, so its speed is that of
-    memory. float32: MKL reads a matrix about twice as fast through a batched GEMM over blocks of
-    rows as through its GEMV, and spreads the blocks over threads. bfloat16: ATen's own GEMV
-    (float32 sums) reads about 25 GB/s per thread here, oneDNN's one-row matmul about 15.
+    Measured on the 124M GPT-2 shape, 2 threads, one token per step (README, Performance):
+    - `onednn` (bfloat16 on the CPU): oneDNN's matmul on a weight reordered once into its
+      blocked layout. Plain `F.linear` reorders the weight on every call; ATen's own GEMV
+      (oneDNN off) was the previous path, about 1.6x slower per decode step.
+    - `rowblocks` (float32 on AMD CPUs): for one row, MKL's batched GEMM over blocks of rows of
+      the weight itself (no copy), which read float32 about twice as fast as MKL's GEMV on an
+      AMD EPYC (Zen 4); on an Intel Xeon the plain GEMV (`F.linear`) was 2.8x faster than this,
+      so float32 keeps `F.linear` there. More rows: `F.linear`.
+    - `int8` (any device): int8 weights with one float scale per output row (symmetric, to
+      +-127), through ATen's weight-only int8 matmul, `_weight_int8pack_mm`, which converts the
+      weights as it reads them: half the bytes of bfloat16 per token. It wants bfloat16
+      activations on the CPU (float32 ones take a path about ten times slower there).
     """
-    n, k = weight.shape
-    blocks = row_blocks(n)
-    if weight.dtype == torch.float32 and blocks and weight.is_contiguous() and MKL_BATCHED:
-        # (blocks, K, 1) with strides (0, 1, K): as a column of a K-row matrix MKL takes it
-        # as is, while strides (0, 1, 1) send it down a path about six times slower
-        column = x.reshape(1, k).t().expand(blocks, k, 1)
-        w = weight.view(blocks, n // blocks, k)
-        if bias is None:
-            y = torch.bmm(w, column)
+
+    def __init__(self, weight: torch.Tensor, kind: str, activations: torch.dtype) -> None:
+        if kind not in ("onednn", "rowblocks", "int8"):
+            raise ValueError(f"unknown packing {kind!r}")
+        w = weight.detach()
+        self.kind = kind
+        self.source = self.fingerprint(weight)
+        self.activations = activations
+        self.out_features = w.size(0)
+        self.scales: torch.Tensor | None = None
+        if kind == "onednn":
+            self.data = torch.ops.mkldnn._reorder_linear_weight(w.to(activations), 1)
+        elif kind == "rowblocks":
+            self.data = w  # the weight itself, read as blocks of rows
+            self.blocks = next((d for d in range(8, 65) if w.size(0) % d == 0), 0)
         else:
-            y = torch.baddbmm(bias.view(blocks, n // blocks, 1), w, column)
-        return y.view(*x.shape[:-1], n)
-    if weight.dtype == torch.bfloat16 and torch._C._get_mkldnn_enabled():
-        torch._C._set_mkldnn_enabled(False)
-        try:
-            return F.linear(x, weight, bias)
-        finally:
-            torch._C._set_mkldnn_enabled(True)
-    return F.linear(x, weight, bias)
+            self.data, scales = quantize_int8(w)
+            self.scales = scales.to(activations)
+
+    @staticmethod
+    def fingerprint(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
+        # in-place changes (an optimizer step, load_state_dict) bump the version counter;
+        # a new tensor (cast_weights) has a new address. Tensors made under inference_mode
+        # keep no version counter (and can change in place only inside it).
+        version = -1 if weight.is_inference() else weight._version
+        return weight.data_ptr(), version, weight.dtype
+
+    def matches(self, weight: torch.Tensor) -> bool:
+        return self.fingerprint(weight) == self.source
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # (dtype checks in Python: a no-op `.to` still costs a dispatch, and a decode step
+        # makes about fifty of these calls)
+        if x.dtype != self.activations:
+            x = x.to(self.activations)
+        if bias is not None and bias.dtype != self.activations:
+            bias = bias.to(self.activations)
+        if self.kind == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(x, self.data, bias, "none", [], "")
+        if self.kind == "rowblocks":
+            return row_blocks_product(x, self.data, bias, self.blocks)
+        flat = x.reshape(-1, x.size(-1))
+        y = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if bias is None else y + bias
+
+
+def row_blocks_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int
+) -> torch.Tensor:
+    """x (..., K) times weight (N, K): for one row, through a batched GEMM over `blocks` equal
+    blocks of the weight's rows (MKL spreads the blocks over threads); else `F.linear`."""
+    n, k = weight.shape
+    if x.numel() != k or not blocks:
+        return F.linear(x, weight, bias)
+    # (blocks, K, 1) with strides (0, 1, K): as a column of a K-row matrix MKL takes it as is,
+    # while strides (0, 1, 1) send it down a path about six times slower
+    column = x.reshape(1, k).t().expand(blocks, k, 1)
+    w = weight.view(blocks, n // blocks, k)
+    if bias is None:
+        y = torch.bmm(w, column)
+    else:
+        y = torch.baddbmm(bias.view(blocks, n // blocks, 1), w, column)
+    return y.view(*x.shape[:-1], n)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (N, K) -> int8 (N, K) and float32 scales (N,), symmetric per output row: the
+    row's largest magnitude maps to 127, so each weight is off by at most half a step."""
+    w = weight.detach().float()
+    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+    return q, scales
 
 
 class Linear(nn.Linear):
-    """nn.Linear, with `matvec` for a single row at inference on the CPU (decoding one token)."""
+    """nn.Linear with an inference-only fast path: a `PackedWeight`, set by
+    `GPT.pack_for_inference`, serves calls without gradients while it matches the weight;
+    everything else (training, a changed weight) goes through `F.linear`."""
+
+    packed: PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == self.in_features and x.device.type == "cpu" and not torch.is_grad_enabled():
-            return matvec(x, self.weight, self.bias)
+        packed = self.packed
+        if packed is not None and not torch.is_grad_enabled() and packed.matches(self.weight):
+            return packed(x, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -394,6 +455,14 @@ class GPT(nn.Module):
         """Casts the parameters, in place, for inference; the rotary tables stay float32."""
         for p in self.parameters():
             p.data = p.data.to(dtype)
+
+    def pack_for_inference(self, kind: str | None, activations: torch.dtype) -> None:
+        """Gives every `Linear` (the head included) a `PackedWeight` of this kind, or none
+        (None). The parameters stay as they are: the embedding still reads the tied head's
+        weight, and training or saving never sees the packed copies."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.packed = PackedWeight(module.weight, kind, activations) if kind else None
 
     def grow_vocab(self, vocab_size: int) -> None:
         """Adds rows to the embedding and head, initialised to the mean of the existing ones."""

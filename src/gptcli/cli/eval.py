@@ -182,8 +182,8 @@ def evaluate(
     dtype: Annotated[
         str,
         typer.Option(
-            help="Weights: float32, bfloat16, or auto as gpt generate picks them (to measure "
-            "what lower precision costs)."
+            help="Weights: float32, bfloat16, int8, or auto as gpt generate picks them (to "
+            "measure what lower precision costs)."
         ),
     ] = "float32",
     json_out: Annotated[

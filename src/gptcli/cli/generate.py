@@ -54,7 +54,7 @@ DtypeOption = Annotated[
     str,
     typer.Option(
         help="Weights: auto (bfloat16 on CUDA and on CPUs with native bfloat16, else float32), "
-        "float32 or bfloat16."
+        "float32, bfloat16, or int8 (weight-only, per-row scales: fastest on a CPU)."
     ),
 ]
 ThreadsOption = Annotated[

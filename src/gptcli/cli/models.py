@@ -97,7 +97,17 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "train_state_bytes": file_size("train_state.safetensors"),
         "config": info.get("config"),
         "history": info.get("history", []),
+        "inference_dtype": cpu_inference_dtypes(),
     }
+
+
+def cpu_inference_dtypes() -> dict[str, str]:
+    """What `--dtype auto` and `--dtype int8` run on this machine's CPU (as gptcli.generate
+    decides, found without importing torch)."""
+    from gptcli.hardware import cpu_has_fast_bf16
+
+    native = cpu_has_fast_bf16()
+    return {"auto": "bfloat16" if native else "float32", "int8": "int8 x bfloat16"}
 
 
 def damage(error: str) -> str:
@@ -222,7 +232,8 @@ train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, v
 stopped (max_steps, max_time, interrupted, running), kept (the step whose weights are stored:
 step, val_loss, why), created, size_bytes, weights_bytes,
 train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
-settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr).
+settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
+inference_dtype {auto, int8} (what `--dtype auto` and `--dtype int8` run on this machine's CPU).
 
 Example: gpt models show stories --plot stories-loss.png
 """
@@ -291,6 +302,15 @@ def print_summary(row: dict[str, Any]) -> None:
         lines.append(("context", f"{row['context']:,} tokens"))
         if row["labels"]:
             lines.append(("labels", ", ".join(row["labels"])))
+        dtypes = row["inference_dtype"]
+        why = "native bfloat16" if dtypes["auto"] == "bfloat16" else "no native bfloat16"
+        lines.append(
+            (
+                "inference",
+                f"--dtype auto: {dtypes['auto']} on this CPU ({why}); "
+                "int8: int8 weights, bfloat16 activations",
+            )
+        )
     else:
         lines.append(("weights", "none yet: the run has not saved a checkpoint"))
     data = row["data"]
