@@ -5,9 +5,14 @@ validation split (last 10%), one after the other in a fresh store, and both are 
 `gpt eval` over the whole validation split. The nanoGPT recipe is expressed as our
 `nanogpt-cpu` preset (GPT-2 layout, 4 layers x 128, block 64) with its training settings:
 batch 12, AdamW lr 1e-3 (beta2 0.99, weight decay 0.1), 100 warmup steps, cosine decay to 1e-4
-over 2000 steps, no dropout.
+over 2000 steps, no dropout. `gptcli-context-64` is the default before the context grew to
+256 (4 x 128, context 64, batch 32, no sequence warmup), to show what the longer context costs.
 
-    python benchmarks/train_speed.py [--max-time 45s] [--skip-reference]
+On a busy machine time budgets measure the load more than the recipe: `--max-steps N` gives our
+runs a step budget instead (N = the steps an idle machine makes in the time, e.g. 430 in 45 s),
+which compares the recipes per step, not per second. The load average is printed with the table.
+
+    python benchmarks/train_speed.py [--max-time 45s | --max-steps 430] [--skip-reference]
 """
 
 from __future__ import annotations
@@ -80,19 +85,31 @@ def measure(name: str, flags: list[str], env: dict[str, str]) -> dict:
     }
 
 
+OLD_DEFAULT = ["--preset", "mini", "--block-size", "64", "--batch-size", "32"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-time", default="45s")
+    parser.add_argument("--max-steps", type=int, default=None, help="instead of --max-time")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-old", action="store_true", help="no gptcli-context-64 row")
     args = parser.parse_args()
+    budget = ["--max-time", args.max_time]
+    if args.max_steps:
+        budget = ["--max-steps", str(args.max_steps)]
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "GPTCLI_HOME": home}
-        rows = [measure("gptcli-default", ["--max-time", args.max_time], env)]
+        rows = [measure("gptcli-default", budget, env)]
+        if not args.skip_old:
+            rows.append(measure("gptcli-context-64", [*budget, *OLD_DEFAULT], env))
         if not args.skip_reference:
             rows.append(measure("nanogpt-cpu-recipe", REFERENCE, env))
     print(
         f"B1 on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch threads default"
+        f"torch threads default; load average {load[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after; budget {' '.join(budget)}"
     )
     print(f"{'run':<20} {'wall s':>8} {'train s':>8} {'steps':>6} {'params':>9} {'val loss':>9}")
     for r in rows:

@@ -326,3 +326,32 @@ def test_special_replies_end_at_chat_tokens(chat_tokenizer: Tokenizer) -> None:
     stops = ChatTemplate().stop_ids(chat_tokenizer)
     for token in ("<|end|>", "<|user|>", "<|endoftext|>"):
         assert chat_tokenizer.hf.token_to_id(token) in stops
+
+
+def test_context_full_notice_ends_its_line(trained_home: Path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The notice is a line of its own, piped (stderr) and in the REPL (before the reply)."""
+    from gptcli.chat import load_template
+    from gptcli.checkpoint import load_model
+    from gptcli.cli.chat import CONTEXT_NOTICE, Repl
+    from gptcli.conversation import ChatSession
+
+    turns = "Once upon a time there was a hen\nShe lived by the lane\nAnd then\n"
+    result = run("chat", "--seed", "3", "-n", "12", input=turns)  # the context is 32 tokens
+    assert result.stderr.count(CONTEXT_NOTICE + "\n") == 1
+
+    typed = iter(turns.splitlines())
+
+    def fake_input(prompt: str = "") -> str:
+        item = next(typed, None)
+        if item is None:
+            raise EOFError
+        return item
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    loaded = load_model(trained_home / "models" / "tiny")
+    template = load_template(loaded.path, loaded.tokenizer)
+    settings = ChatSettings(max_tokens=12)
+    session = ChatSession(loaded.model, loaded.tokenizer, template, settings)
+    Repl(session, loaded.name, loaded.path).loop()
+    out = capsys.readouterr().out
+    assert out.count(CONTEXT_NOTICE + "\n") == 1

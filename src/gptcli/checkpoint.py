@@ -33,9 +33,15 @@ class LoadedModel:
         return self.path.name
 
 
-def save_weights(path: Path, model: GPT) -> None:
-    # a model fine-tuned with adapters is saved merged, and loads like any other
-    tensors = {k: v.cpu() for k, v in model.weights(merged_weights(model)).items()}
+def stored_weights(model: GPT) -> dict[str, torch.Tensor]:
+    """A copy of the tensors of model.safetensors, on the CPU (they do not change as the model
+    trains on): a model fine-tuned with adapters is saved merged, and loads like any other."""
+    return {k: v.to("cpu", copy=True) for k, v in model.weights(merged_weights(model)).items()}
+
+
+def save_weights(path: Path, model: GPT, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """`weights` (from `stored_weights`, e.g. an earlier checkpoint's) or the model's now."""
+    tensors = weights if weights is not None else stored_weights(model)
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(
             tensors, str(tmp), metadata={"format": "gptcli", "version": FORMAT_VERSION}
@@ -43,13 +49,18 @@ def save_weights(path: Path, model: GPT) -> None:
 
 
 def write_model_dir(
-    directory: Path, model: GPT, tokenizer: Tokenizer, info: dict[str, Any] | None = None
+    directory: Path,
+    model: GPT,
+    tokenizer: Tokenizer,
+    info: dict[str, Any] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Writes every file of a model into `directory` (each one atomically)."""
+    """Writes every file of a model into `directory` (each one atomically); the weights are
+    `weights` when given, else the model's."""
     directory.mkdir(parents=True, exist_ok=True)
     write_json_atomic(directory / "config.json", model.config.to_dict())
     write_text_atomic(directory / "tokenizer.json", tokenizer.to_json())
-    save_weights(directory / "model.safetensors", model)
+    save_weights(directory / "model.safetensors", model, weights)
     if info is not None:
         write_json_atomic(directory / RECORD_FILE, info)
 
@@ -120,8 +131,13 @@ def save_train_state(
     optimizers: list[torch.optim.Optimizer],
     state: dict[str, Any],
     data_generator: torch.Generator,
+    latest: dict[str, torch.Tensor] | None = None,
 ) -> None:
+    """Optimizers, RNGs and the loop's state; `latest`: the weights to resume from, when
+    model.safetensors holds others (--keep best kept an earlier checkpoint)."""
     tensors, described = optimizer_tensors(optimizers)
+    for key, value in (latest or {}).items():
+        tensors[f"model.{key}"] = value
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.data"] = data_generator.get_state()
     if torch.cuda.is_available():
@@ -153,9 +169,13 @@ def check_resumable(directory: Path) -> None:
 
 
 def load_train_state(
-    path: Path, optimizers: list[torch.optim.Optimizer], data_generator: torch.Generator
+    path: Path,
+    optimizers: list[torch.optim.Optimizer],
+    data_generator: torch.Generator,
+    model: GPT,
 ) -> dict[str, Any]:
-    """Restores optimizers and RNGs in place; returns the saved loop state."""
+    """Restores optimizers, RNGs and (when saved apart from model.safetensors) the latest
+    weights into `model`, in place; returns the saved loop state."""
     check_resumable(path.parent)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -180,6 +200,9 @@ def load_train_state(
             opt.load_state_dict({"state": per_param, "param_groups": desc["param_groups"]})
         except (ValueError, KeyError) as exc:
             raise GptError(f"{path}: optimizer state does not fit this model ({exc})") from None
+    latest = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    if latest:
+        model.load_weights(latest, path)
     torch.set_rng_state(tensors["rng.torch"])
     data_generator.set_state(tensors["rng.data"])
     if "rng.cuda" in tensors and torch.cuda.is_available():

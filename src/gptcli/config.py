@@ -126,6 +126,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("auto", "muon", "adamw")
 SCHEDULES = ("wsd", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KEEP = ("best", "last")
 
 
 def weights_mismatch(config: ModelConfig, shapes: dict[str, Any]) -> str | None:
@@ -211,6 +212,22 @@ class TrainConfig:
     )
     weight_decay: float = field(default=0.0, metadata=flag("Weight decay on matrices."))
     eval_every: int = field(default=100, metadata=flag("Evaluate every N steps (default: 100)."))
+    keep: str = field(  # which checkpoint becomes the stored model
+        default="best",
+        metadata=flag(
+            "best (the checkpoint with the lowest validation loss; default) or last. "
+            "--resume continues from the latest state either way."
+        ),
+    )
+    seq_warmup: float | None = field(  # None: the job's default (gpt train picks one)
+        default=None,
+        metadata=flag(
+            "Fraction of the run on shorter sequences (a quarter, then half the context), "
+            "tokens per step kept (default: 0.5 for modern models with a context of 256 or "
+            "more, else 0).",
+            only="train",
+        ),
+    )
     save_every: int | None = field(  # steps between checkpoints
         default=None,
         metadata=flag(
@@ -278,6 +295,11 @@ class TrainConfig:
             (0.0 <= self.cooldown <= 1.0, "--cooldown must be in [0, 1]"),
             (0.0 <= self.min_lr_ratio <= 1.0, "--min-lr-ratio must be in [0, 1]"),
             (self.eval_every >= 1, "--eval-every must be at least 1"),
+            (self.keep in KEEP, f"--keep must be one of {', '.join(KEEP)}"),
+            (
+                self.seq_warmup is None or 0.0 <= self.seq_warmup < 1.0,
+                "--seq-warmup must be in [0, 1)",
+            ),
             (self.eval_batches >= 1, "--eval-batches must be at least 1"),
             (self.save_every is None or self.save_every >= 1, "--save-every must be at least 1"),
             (self.save_seconds is None or self.save_seconds > 0, "--save-every must be positive"),

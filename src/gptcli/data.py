@@ -323,7 +323,8 @@ def build_corpus(
 
 
 class Batches:
-    """Random (x, y) windows from a token array; `fixed` ones for a stable validation loss.
+    """Random (x, y) windows from a token array; `fixed` ones for a stable validation loss
+    (the whole array, in order, when it is small enough to score at once).
 
     Under DDP every rank draws the same global batch and keeps its own slice, so N processes
     see exactly the examples one process with the same global batch would.
@@ -347,6 +348,13 @@ class Batches:
         self.device = device
         self.rank, self.world = rank, world
         self.generator = torch.Generator().manual_seed(seed)
+        self.tokens_per_batch = self.batch_size * self.block_size
+
+    def set_length(self, length: int) -> None:
+        """Windows of `length` tokens from now on (at most the context), and as many of them
+        per batch as keep the tokens per batch (--seq-warmup)."""
+        self.block_size = max(1, min(length, len(self.tokens) - 1))
+        self.batch_size = max(1, self.tokens_per_batch // self.block_size)
 
     def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """A batch as the model's keyword arguments: {"idx": x, "targets": y}."""
@@ -364,6 +372,28 @@ class Batches:
         return {"idx": window[:, :-1], "targets": window[:, 1:]}
 
     def fixed(self, count: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """`count` batches drawn with `seed`, or every target of the array once when that
+        takes no more windows than those batches would."""
+        n_targets = len(self.tokens) - 1
+        if n_targets <= count * self.batch_size * self.block_size:
+            yield from self.whole()
+            return
         generator = torch.Generator().manual_seed(seed)
         for _ in range(count):
             yield self.sample(generator)
+
+    def whole(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Consecutive windows over the whole array, each target scored once: the windows of
+        `gpt eval --stride CONTEXT` (a shorter last one comes in a batch of its own)."""
+        n_targets, length = len(self.tokens) - 1, self.block_size
+        starts = list(range(0, n_targets - length + 1, length))
+        rest = starts[-1] + length if starts else 0
+        for i in range(0, len(starts), self.batch_size):
+            yield self._windows(starts[i : i + self.batch_size], length)
+        if rest < n_targets:
+            yield self._windows([rest], n_targets - rest)
+
+    def _windows(self, starts: list[int], length: int) -> dict[str, torch.Tensor]:
+        index = np.array(starts)[:, None] + np.arange(length + 1)
+        window = torch.from_numpy(self.tokens[index].astype(np.int64)).to(self.device)
+        return {"idx": window[:, :-1], "targets": window[:, 1:]}

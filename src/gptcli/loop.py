@@ -58,6 +58,8 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str = ""  # one of STOP_REASONS once finished
     skipped: int = 0  # batches whose loss was not finite, left out
+    best_step: int | None = None  # --keep best: the evaluation with the lowest val loss so far
+    best_val_loss: float | None = None
 
 
 STOP_REASONS = ("", "max_steps", "max_time", "interrupted")  # Ctrl+C and SIGTERM: interrupted
@@ -73,7 +75,8 @@ class Diverged(GptError):
 
 class BatchSource(Protocol):
     """What the loop draws batches from: token windows (`data.Batches`) or whole examples
-    (`tasks.examples.ExampleBatches`). A batch is the model's keyword arguments."""
+    (`tasks.examples.ExampleBatches`). A batch is the model's keyword arguments. A source
+    that can cut shorter windows has `set_length(n)` (for --seq-warmup)."""
 
     device: torch.device
     batch_size: int
@@ -132,20 +135,34 @@ def lr_factor(progress: float, step: int, cfg: TrainConfig) -> float:
     return floor + (1 - floor) * (1 - progress) / cfg.cooldown
 
 
+def context_at(progress: float, cfg: TrainConfig, full: int) -> int:
+    """--seq-warmup: the training sequence length at this point of the run; a quarter of the
+    context for the first half of the warmup, half of it for the second half, then all of it."""
+    warmup = cfg.seq_warmup or 0.0
+    if progress >= warmup:
+        return full
+    return max(1, full // 4 if progress < warmup / 2 else full // 2)
+
+
 @torch.no_grad()
 def estimate_loss(
     model: GPT, batches: BatchSource, count: int, seed: int, autocast: torch.dtype | None
 ) -> float:
+    """Mean loss per scored target over `count` fixed batches (the same ones every time, so
+    two evaluations of a run compare like with like; a small split is scored whole)."""
     was_training = model.training
     model.eval()
-    losses = []
+    total, scored = 0.0, 0
     for batch in batches.fixed(count, seed):
         with autocast_context(batches.device, autocast):
             loss = model(**batch)[1]
         assert loss is not None  # batches always carry targets
-        losses.append(loss.item())
+        targets = batch.get("targets")
+        n = int((targets != -100).sum()) if isinstance(targets, torch.Tensor) else 1
+        total += loss.item() * n
+        scored += n
     model.train(was_training)
-    return sum(losses) / len(losses)
+    return total / max(scored, 1)
 
 
 @contextlib.contextmanager
@@ -171,6 +188,7 @@ def stop_on_signal() -> Iterator[threading.Event]:
 
 
 SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, BatchSource], None]
+BestHook = Callable[[GPT], None]
 
 
 def train_model(
@@ -183,11 +201,13 @@ def train_model(
     optimizers: list[torch.optim.Optimizer] | None = None,
     save: SaveHook | None = None,
     dist: Distributed | None = None,
+    on_best: BestHook | None = None,
 ) -> TrainState:
     """Runs the loop until max_steps, max_time or Ctrl+C; the model is trained in place.
 
     `state` and `optimizers` (already loaded) continue an earlier run; `save` is called every
-    `save_every` steps and at the end (on the main process only).
+    `save_every` steps and at the end (on the main process only). With --keep best, `on_best`
+    is called after each evaluation whose validation loss is the lowest of the run so far.
     """
     dist = dist or Distributed()
     state = state or TrainState()
@@ -211,6 +231,8 @@ def train_model(
         )
         forward = ddp
     tokens_per_step = train.batch_size * train.block_size * cfg.grad_accum * dist.world
+    full_length = train.block_size
+    set_length = getattr(train, "set_length", None) if cfg.seq_warmup else None
     start = time.perf_counter() - state.seconds
     run_start_step, run_start = state.step, time.perf_counter()
 
@@ -240,9 +262,17 @@ def train_model(
             progress(),
         )
 
-    def evaluate() -> None:
+    def evaluate(candidate: bool = True) -> None:
+        """`candidate`: may be kept as the best (not the extra evaluation of an interrupted
+        run, which an uninterrupted one would not have made: a resumed run keeps the same)."""
         if val is not None and dist.is_main:
             state.val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1, amp)
+            better = state.best_val_loss is None or state.val_loss < state.best_val_loss
+            candidate = candidate and cfg.keep == "best" and state.step > 0
+            if candidate and math.isfinite(state.val_loss) and better:
+                state.best_step, state.best_val_loss = state.step, state.val_loss
+                if on_best is not None:
+                    on_best(model)
         stats = snapshot()
         state.history.append(
             {
@@ -285,6 +315,8 @@ def train_model(
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"] * factor
+            if set_length is not None:
+                set_length(context_at(progress(), cfg, full_length))
             total = 0.0
             for micro in range(cfg.grad_accum):
                 batch = train.sample()
@@ -325,7 +357,7 @@ def train_model(
                 checkpoint()
                 last_save = elapsed()
     if state.history[-1]["step"] != state.step:
-        evaluate()
+        evaluate(candidate=state.stopped in ("max_steps", "max_time"))
     checkpoint()
     model.eval()
     return state

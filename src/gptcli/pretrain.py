@@ -68,6 +68,12 @@ class Shape:
     preset: str
     block_size: int | None = None  # None: the preset's
     batch_size: int | None = None  # None: as configured
+    dropout: float | None = None  # None: as configured (0 by default)
+
+
+SEQ_WARMUP = 0.5  # --seq-warmup for modern models with a context of 256 or more
+SMALL_CORPUS = 100_000  # training tokens under which --preset auto adds dropout 0.2
+MEDIUM_CORPUS = 1_000_000  # ... and under which 0.1
 
 
 @dataclass
@@ -140,8 +146,17 @@ class TrainRequest:
                 cfg = dataclasses.replace(cfg, batch_size=shape.batch_size)
             if shape.block_size and request.block_size is None:
                 request = dataclasses.replace(request, block_size=shape.block_size)
+            if shape.dropout is not None and request.dropout is None:
+                request = dataclasses.replace(request, dropout=shape.dropout)
+                log(
+                    f"dropout {shape.dropout}: {n_train:,} training tokens are few for this "
+                    "model (--dropout sets it)"
+                )
             torch.manual_seed(cfg.seed)
             model = GPT(model_config_for(request, tokenizer, shape.preset)).to(device)
+            if cfg.seq_warmup is None:
+                long = model.config.family == "modern" and model.config.block_size >= 256
+                cfg = dataclasses.replace(cfg, seq_warmup=SEQ_WARMUP if long else 0.0)
         config = model.config
         log(
             f"model: {config.family} {config.preset}, {model.num_params() / 1e6:.2f}M "
@@ -166,7 +181,7 @@ class TrainRequest:
             cfg,
             record,
             sample_prompt=prompt_from(texts, cfg),
-            summary={"params": model.num_params()},
+            summary={"params": model.num_params(), "train_tokens": n_train},
         )
 
 
@@ -174,18 +189,26 @@ def choose_shape(request: TrainRequest, n_train_tokens: int, device: torch.devic
     """`--preset auto`: a model that can make good use of the data, the device and the time.
 
     Measured on two CPU cores (benchmarks/train_speed.py): under ~20 minutes a 4 x 128 model
-    on short contexts (64) and larger batches (32) learns fastest per second; bigger models only
-    pay off with hours, or on a GPU, and only with data enough to feed them.
+    learns fastest per second, on short sequences (64) in batches of 32; bigger models only pay
+    off with hours, or on a GPU, and only with data enough to feed them. The context is 256
+    all the same: --seq-warmup trains on 64, then 128 tokens first, at the same tokens per
+    step (8 x 256 = 32 x 64). A corpus small for the model gets dropout (with --keep best,
+    the stored model is the one before it overfits).
     """
     if request.preset != "auto":
         return Shape(request.preset)
+    dropout = None
+    if n_train_tokens < SMALL_CORPUS:
+        dropout = 0.2
+    elif n_train_tokens < MEDIUM_CORPUS:
+        dropout = 0.1
     minutes = (request.cfg.max_time or 0) / 60
     if device.type == "cpu":
         if minutes <= 20 or n_train_tokens < 2_000_000:
-            return Shape("mini", block_size=64, batch_size=32)
+            return Shape("mini", block_size=256, batch_size=8, dropout=dropout)
         return Shape("small" if minutes <= 180 or n_train_tokens < 50_000_000 else "base")
     if n_train_tokens < 1_000_000:
-        return Shape("mini")
+        return Shape("mini", block_size=256, dropout=dropout)
     if (minutes and minutes <= 15) or n_train_tokens < 20_000_000:
         return Shape("small")
     return Shape("base")

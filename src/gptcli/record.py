@@ -139,6 +139,24 @@ class RunDirectory:
         write_json_atomic(self.directory / RECORD_FILE, self.record.to_dict(result, self.history))
 
 
+KEPT_WHY = {
+    "best": "the best validation loss",
+    "best, the last": "the last, with the best validation loss",
+    "last": "the last (--keep last)",
+    "last, no validation split": "the last (no validation split)",
+    "last, no better evaluation": "the last (no evaluation was better)",
+}
+
+
+def describe_kept(kept: dict[str, Any] | None) -> str:
+    """Which checkpoint a run stored, and why (train.json's result["kept"])."""
+    if not kept:
+        return "kept the last step"
+    why = KEPT_WHY.get(kept["why"], kept["why"])
+    loss = f" ({kept['val_loss']:.4f})" if kept["why"] == "best" else ""
+    return f"kept step {kept['step']}: {why}{loss}"
+
+
 def read_record(directory: Path) -> dict[str, Any]:
     """A model's train.json as it is on disk ({} for a model without one, e.g. a Hugging Face
     directory)."""

@@ -6,6 +6,10 @@
 A job (`pretrain.TrainRequest`, `finetune.FinetuneRequest`) says what to check and builds the
 model, the tokenizer and the batches; everything else happens here, once. A run-level feature
 (a checkpoint rule, keep-best, a new summary field) goes in this module.
+
+Keep-best (`--keep best`, the default): model.safetensors holds the weights of the evaluation
+with the lowest validation loss; when that is not the latest step, train_state.safetensors also
+holds the latest weights, so `--resume` continues the run exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from gptcli.checkpoint import (
     check_resumable,
     load_train_state,
     save_train_state,
+    stored_weights,
     write_model_dir,
 )
 from gptcli.config import TrainConfig
@@ -144,9 +149,11 @@ def execute(
         target = store.model_dir(job.name)
         optimizers = make_optimizers(run.model, run.cfg, device)
         state = TrainState()
+        kept = None  # on resume: the stored model's weights, the kept checkpoint's
         if job.resume:
+            kept = stored_weights(run.model)
             saved = load_train_state(
-                target / "train_state.safetensors", optimizers, run.train.generator
+                target / "train_state.safetensors", optimizers, run.train.generator, run.model
             )
             state = TrainState(**saved)
             if state.stopped in ("max_steps", "max_time") and not budget_overrides(job.cfg):
@@ -169,6 +176,8 @@ def execute(
             extra_files=run.extra_files,
             keep_train_state=run.cfg.train_state,
         )
+        if kept is not None and state.best_step not in (None, state.step):
+            saver.best = kept
         run_and_store(
             run.model,
             run.train,
@@ -202,6 +211,11 @@ class CheckpointWriter:
         self.keep_train_state = keep_train_state  # False: dropped once the run has ended
         self.extra_files = extra_files or {}
         self.last: dict[str, Any] = {}
+        self.best: dict[str, torch.Tensor] | None = None  # --keep best: the best weights yet
+
+    def remember(self, model: GPT) -> None:
+        """The loop's `on_best`: this evaluation's weights are the best of the run so far."""
+        self.best = stored_weights(model)
 
     def save(
         self,
@@ -218,6 +232,9 @@ class CheckpointWriter:
             state.seconds,
             state.stopped,
         )
+        result["kept"] = kept_checkpoint(state, self.record.train or {})
+        earlier = state.best_step is not None and state.best_step != state.step
+        weights = self.best if earlier else None
         info = self.record.to_dict(result, state.history)
         # a finished run may drop its optimizer state; an interrupted one keeps it to resume
         drop_state = not self.keep_train_state and state.stopped in ("max_steps", "max_time")
@@ -227,7 +244,7 @@ class CheckpointWriter:
         try:
             target = self.store.model_dir(self.name)
             with self.store.staged(target, force=self.replace) as staging:
-                write_model_dir(staging, model, self.tokenizer, info)
+                write_model_dir(staging, model, self.tokenizer, info, weights)
                 for filename, text in self.extra_files.items():
                     write_text_atomic(staging / filename, text)
                 if not drop_state:
@@ -236,6 +253,7 @@ class CheckpointWriter:
                         optimizers,
                         dataclasses.asdict(state),
                         batches.generator,
+                        model.weights() if weights is not None else None,
                     )
                 fault_point("staged")
         except Exception as exc:  # the staging directory is gone by now: what is free is free
@@ -257,6 +275,20 @@ class CheckpointWriter:
         if self.last:
             return f"the previous checkpoint (step {self.last['steps']}) is kept"
         return "no checkpoint had been saved yet"
+
+
+def kept_checkpoint(state: TrainState, train: dict[str, Any]) -> dict[str, Any]:
+    """train.json's result["kept"]: which step model.safetensors holds, and why."""
+    if state.best_step is not None:
+        why = "best" if state.best_step != state.step else "best, the last"
+        return {"step": state.best_step, "val_loss": state.best_val_loss, "why": why}
+    if train.get("keep", "best") == "last":
+        why = "last"
+    elif state.val_loss is None:
+        why = "last, no validation split"
+    else:
+        why = "last, no better evaluation"
+    return {"step": state.step, "val_loss": state.val_loss, "why": why}
 
 
 def checkpoint_bytes(model: GPT, optimizers: list[torch.optim.Optimizer]) -> int:
@@ -285,7 +317,8 @@ def run_and_store(
     its live metrics, removed if the run fails before its first checkpoint.
     """
     try:
-        train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist)
+        on_best = saver.remember if dist.is_main else None
+        train_model(model, train, val, cfg, observer, state, optimizers, saver.save, dist, on_best)
         dist.barrier()  # every rank waits for rank 0's last checkpoint before the group closes
     except BaseException as exc:
         if discard is not None:

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gptcli.cli.generate import sleeping_omp_threads
 from gptcli.cli.options import complete_model_name
 from gptcli.cli.runconfig import (
     ConfigFile,
@@ -80,6 +81,7 @@ def finetune(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
+    sleeping_omp_threads()  # before torch loads: training on shared cores (README Performance)
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 

@@ -90,6 +90,7 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "train_loss": result.get("train_loss"),
         "val_loss": result.get("val_loss"),
         "stopped": result.get("stopped"),
+        "kept": result.get("kept"),
         "created": info.get("created"),
         "size_bytes": size,
         "weights_bytes": file_size("model.safetensors"),
@@ -228,7 +229,8 @@ that `gpt train --config` reads). A run still training shows its progress so far
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
 train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
-stopped (max_steps, max_time, interrupted, running), created, size_bytes, weights_bytes,
+stopped (max_steps, max_time, interrupted, running), kept (the step whose weights are stored:
+step, val_loss, why), created, size_bytes, weights_bytes,
 train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
 inference_dtype {auto, int8} (what `--dtype auto` and `--dtype int8` run on this machine's CPU).
@@ -337,6 +339,10 @@ def print_summary(row: dict[str, Any]) -> None:
                 f"train {fmt_loss(row['train_loss'])}, validation {fmt_loss(row['val_loss'])}",
             )
         )
+        if row["kept"]:
+            from gptcli.record import describe_kept
+
+            lines.append(("stored", describe_kept(row["kept"]).removeprefix("kept ")))
     if row["created"]:
         lines.append(("created", row["created"].replace("T", " ")))
     lines.append(("size", f"{human_count(row['size_bytes'])}B on disk, {row['path']}"))
