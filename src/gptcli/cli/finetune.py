@@ -81,7 +81,7 @@ def finetune(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
-    sleeping_omp_threads()  # before torch loads: training on shared cores (README Performance)
+    sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 

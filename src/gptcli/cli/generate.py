@@ -70,16 +70,20 @@ CudaGraphsOption = Annotated[
 ]
 
 
-def sleeping_omp_threads() -> None:
+def sleeping_omp_threads(only_when_busy: bool = False) -> None:
     """Has OpenMP threads sleep while they wait instead of spinning; runs before torch loads.
 
     Spinning threads look busy to the kernel, so on a machine shared with other work they lose
     their core, and each of the hundreds of parallel regions of a decode step waits for one:
     steps get ten to fifty times slower. Sleeping costs a wake-up per region instead. Training
-    too: a training step of the mini preset took 8.4 s with the default policy and 0.4 to 1.2 s
-    with PASSIVE on two cores shared with other work (`gpt train` and `gpt finetune` call this).
-    OMP_WAIT_POLICY set in the environment wins.
+    (`only_when_busy`) has many more regions per second, so sleeping costs more there: on two
+    idle cores 150 steps of the nanogpt-cpu preset took 15 s spinning and 26 s sleeping, while
+    on cores shared with other work a mini step took 8.4 s spinning and 0.4 to 1.2 s sleeping.
+    So training sleeps only when the load average already fills every core. OMP_WAIT_POLICY
+    set in the environment wins.
     """
+    if only_when_busy and os.getloadavg()[0] < (os.cpu_count() or 1):
+        return
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -240,7 +240,7 @@ def train(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
-    sleeping_omp_threads()  # before torch loads: training on shared cores (README Performance)
+    sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
     from gptcli.config import FAMILIES, PRESETS
     from gptcli.store import check_name
 
