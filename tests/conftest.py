@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 # Before torch loads (here and in every subprocess a test starts): OpenMP threads that spin
@@ -100,3 +101,12 @@ def trained_home(trained: dict, monkeypatch: pytest.MonkeyPatch) -> Path:
     """GPTCLI_HOME pointing at the session's trained store (tests must not change it)."""
     monkeypatch.setenv("GPTCLI_HOME", str(trained["home"]))
     return trained["home"]
+
+
+@pytest.fixture
+def base_home(trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the session's store with the tiny trained model, free to change."""
+    home = tmp_path / "store"
+    shutil.copytree(trained["home"], home)
+    monkeypatch.setenv("GPTCLI_HOME", str(home))
+    return home

@@ -37,17 +37,6 @@ def labelled(path: Path, count: int, seed: int, flipped: int = 0) -> list[dict[s
     return records
 
 
-@pytest.fixture
-def base_home(trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the session's store with the tiny trained model, free to change."""
-    import shutil
-
-    home = tmp_path / "store"
-    shutil.copytree(trained["home"], home)
-    monkeypatch.setenv("GPTCLI_HOME", str(home))
-    return home
-
-
 def finetune_classifier(train: Path, name: str, *extra: str) -> dict:
     args = ["finetune", "tiny", str(train), "--name", name, "--lr", "3e-3", "--muon-lr", "0.02"]
     return json.loads(run(*args, *extra, *FAST).stdout)

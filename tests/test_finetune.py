@@ -13,17 +13,6 @@ from safetensors.torch import load_file
 FAST = ["--batch-size", "8", "--eval-every", "10", "--quiet", "--json"]
 
 
-@pytest.fixture
-def base_home(trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the session's store with the tiny trained model, free to change."""
-    import shutil
-
-    home = tmp_path / "store"
-    shutil.copytree(trained["home"], home)
-    monkeypatch.setenv("GPTCLI_HOME", str(home))
-    return home
-
-
 def model_files(home: Path, name: str) -> dict:
     return snapshot(home / "models" / name)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -22,14 +21,6 @@ from gptcli.data import Batches
 from gptcli.tasks.examples import ExampleBatches
 
 FAST = ["--batch-size", "4", "--eval-every", "4", "--quiet", "--json"]
-
-
-@pytest.fixture
-def base_home(trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "store"
-    shutil.copytree(trained["home"], home)
-    monkeypatch.setenv("GPTCLI_HOME", str(home))
-    return home
 
 
 def ctrl_c_when(
