@@ -13,6 +13,7 @@ import torch
 
 from gptcli.errors import GptError
 from gptcli.hardware import cpu_has_fast_bf16, cpu_is_amd
+from gptcli.kernels.step import NativeDecodeStep
 from gptcli.model import GPT, KVCache
 from gptcli.sample import (
     SamplingSettings,
@@ -253,6 +254,8 @@ def generate_batch(
     step = None
     if static:
         step = StaticDecodeStep(model, cache, samples, capture=device.type == "cuda")
+    elif device.type == "cpu":
+        step = NativeDecodeStep.for_model(model, cache, samples)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.prefill_seconds = time.perf_counter() - start

@@ -1,0 +1,339 @@
+/* One decode step of a gptcli GPT on the CPU: one token in, the next token's logits out.
+
+   The whole step (embedding, every block, the final norm and the head) runs inside one
+   OpenMP parallel region, so a step pays one thread wake-up instead of one per operation,
+   and no Python runs between its operations. Matrix-vector products split their rows over
+   the threads; everything else is small and runs on one thread between barriers. The
+   barriers are our own: a thread that waits spins briefly, then yields its core at each
+   look, so waiting costs little on idle cores and takes little from other work on busy ones
+   (OpenMP's own barriers either spin for long, which on shared cores stalls the step behind
+   a descheduled thread, or sleep, which costs a slow wake-up at each of the step's barriers).
+
+   Weights are read where torch keeps them (no copies): float32, bfloat16 or int8 with one
+   float32 scale per output row. The other parameters (embeddings, norms, biases) are float32
+   or bfloat16. Activations are float32 throughout; the bfloat16 product rounds its input
+   vector to bfloat16 (as torch's bfloat16 path does) to use the CPU's bfloat16 dot product.
+   The KV cache is torch's float32 cache of one row, (layers, 1, heads, max_len, head_size).
+
+   Built at run time by gptcli.kernels with the machine's compiler (-O3 -march=native). */
+
+#include <math.h>
+#include <omp.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
+
+typedef uint16_t bf16;
+
+enum { F32 = 0, BF16 = 1, I8 = 2 };
+enum { GPT2 = 0, MODERN = 1 };
+
+typedef struct {
+    const void *w;      /* (rows, cols) in Model.wtype */
+    const float *scale; /* int8: (rows,) */
+    const void *bias;   /* (rows,) in Model.ptype, or NULL */
+} Matrix;
+
+typedef struct {
+    const void *ln1_w, *ln1_b, *ln2_w, *ln2_b; /* gpt2: LayerNorm; modern: gains or NULL */
+    const void *q_norm, *k_norm;               /* modern: per-head gains or NULL */
+    Matrix attn, proj, fc, mlp_proj;
+} Layer;
+
+typedef struct {
+    int64_t n_layer, n_embd, n_head, head_size, vocab, max_len;
+    int32_t family, wtype, ptype, embed_norm;
+    float eps;
+    const void *wte, *wpe;      /* (vocab, C), gpt2: (block_size, C), in ptype */
+    const void *ln_f_w, *ln_f_b;
+    Matrix head;
+    float *k_cache, *v_cache;   /* (layers, 1, heads, max_len, head_size) */
+    const Layer *layers;
+} Model;
+
+static inline float from_bf16(bf16 h) {
+    union { uint32_t u; float f; } c;
+    c.u = (uint32_t)h << 16;
+    return c.f;
+}
+
+static inline bf16 to_bf16(float f) { /* round to nearest even, as torch does */
+    union { uint32_t u; float f; } c;
+    c.f = f;
+    if ((c.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((c.u >> 16) | 0x40);
+    c.u += 0x7fffu + ((c.u >> 16) & 1u);
+    return (bf16)(c.u >> 16);
+}
+
+static inline float param(const void *p, int64_t i, int ptype) {
+    return ptype == BF16 ? from_bf16(((const bf16 *)p)[i]) : ((const float *)p)[i];
+}
+
+/* -- products of four weight rows with one vector --------------------------------------- */
+#define ROWS(NAME, W, LOAD)                                                                 \
+    static void NAME(const W *w, int64_t k, const float *x, float *out, int64_t count) {   \
+        if (count == 4) {                                                                   \
+            const W *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;                 \
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                           \
+            _Pragma("omp simd reduction(+ : a0, a1, a2, a3)")                               \
+            for (int64_t i = 0; i < k; i++) {                                               \
+                float xi = x[i];                                                            \
+                a0 += LOAD(w0[i]) * xi;                                                     \
+                a1 += LOAD(w1[i]) * xi;                                                     \
+                a2 += LOAD(w2[i]) * xi;                                                     \
+                a3 += LOAD(w3[i]) * xi;                                                     \
+            }                                                                               \
+            out[0] = a0, out[1] = a1, out[2] = a2, out[3] = a3;                             \
+            return;                                                                         \
+        }                                                                                   \
+        for (int64_t r = 0; r < count; r++) {                                               \
+            const W *wr = w + r * k;                                                        \
+            float a = 0;                                                                    \
+            _Pragma("omp simd reduction(+ : a)")                                            \
+            for (int64_t i = 0; i < k; i++) a += LOAD(wr[i]) * x[i];                        \
+            out[r] = a;                                                                     \
+        }                                                                                   \
+    }
+#define AS_FLOAT(v) ((float)(v))
+ROWS(rows_f32, float, AS_FLOAT)
+ROWS(rows_i8, int8_t, AS_FLOAT)
+ROWS(rows_bf16_exact, bf16, from_bf16)
+
+#ifdef __AVX512BF16__
+/* bfloat16 weights against the vector rounded to bfloat16 (xb), 32 products an instruction */
+static void rows_bf16(const bf16 *w, int64_t k, const bf16 *xb, float *out, int64_t count) {
+    if (k % 32) {
+        float x[k];
+        for (int64_t i = 0; i < k; i++) x[i] = from_bf16(xb[i]);
+        rows_bf16_exact(w, k, x, out, count);
+        return;
+    }
+    for (int64_t r = 0; r + 4 <= count; r += 4) {
+        const bf16 *w0 = w + r * k;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < k; i += 32) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i);
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w0 + i), xv);
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w0 + k + i), xv);
+            a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(w0 + 2 * k + i), xv);
+            a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(w0 + 3 * k + i), xv);
+        }
+        out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);
+        out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);
+    }
+    for (int64_t r = count - count % 4; r < count; r++) {
+        const bf16 *wr = w + r * k;
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t i = 0; i < k; i += 32)
+            a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wr + i),
+                                 (__m512bh)_mm512_loadu_si512(xb + i));
+        out[r] = _mm512_reduce_add_ps(a);
+    }
+}
+#endif
+
+/* -- the team: thread t of n does its share of each loop, then waits for the others ------- */
+typedef struct {
+    atomic_int arrived, phase;
+    int n;
+} Barrier;
+
+typedef struct {
+    int t, n;
+    Barrier *barrier;
+} Team;
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void wait_all(Team *team) {
+    Barrier *b = team->barrier;
+    if (b->n == 1) return;
+    int phase = atomic_load_explicit(&b->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->phase, memory_order_acquire) == phase; spins++) {
+        if (spins < 256) relax();
+        else sched_yield();
+    }
+}
+
+/* this thread's share [*lo, *hi) of `count` items */
+static inline void share(const Team *team, int64_t count, int64_t *lo, int64_t *hi) {
+    *lo = count * team->t / team->n;
+    *hi = count * (team->t + 1) / team->n;
+}
+
+enum { PLAIN = 0, GELU = 1, RELU2 = 2, ADD = 3 };
+
+/* y = act(W x + b), or y += W x + b (ADD); called by every thread of the region, which
+   share its rows; xb is x rounded to bfloat16 (bfloat16 weights only). Ends at a barrier. */
+static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, int64_t cols,
+                   const float *x, const bf16 *xb, float *y, int mode) {
+    int64_t lo, hi;
+    (void)xb;
+    share(team, (rows + 3) / 4, &lo, &hi);
+    for (int64_t g = lo; g < hi; g++) {
+        int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
+        float out[4];
+        if (m->wtype == F32)
+            rows_f32((const float *)mat->w + j0 * cols, cols, x, out, count);
+        else if (m->wtype == I8)
+            rows_i8((const int8_t *)mat->w + j0 * cols, cols, x, out, count);
+        else
+#ifdef __AVX512BF16__
+            rows_bf16((const bf16 *)mat->w + j0 * cols, cols, xb, out, count);
+#else
+            rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, x, out, count);
+#endif
+        for (int64_t r = 0; r < count; r++) {
+            int64_t j = j0 + r;
+            float v = out[r];
+            if (mat->scale) v *= mat->scale[j];
+            if (mat->bias) v += param(mat->bias, j, m->ptype);
+            if (mode == GELU) {
+                float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+                v = 0.5f * v * (1.0f + tanhf(u));
+            } else if (mode == RELU2) {
+                v = v > 0 ? v * v : 0;
+            }
+            if (mode == ADD) y[j] += v;
+            else y[j] = v;
+        }
+    }
+    wait_all(team);
+}
+
+/* y = norm(x) over n values: LayerNorm with gain and bias (gpt2), else RMSNorm with an
+   optional gain; xb (if not NULL) gets y rounded to bfloat16. */
+static void norm(const Model *m, const float *x, const void *gain, const void *bias, int64_t n,
+                 float *y, bf16 *xb) {
+    float mean = 0, var = 0;
+    if (m->family == GPT2) {
+        for (int64_t i = 0; i < n; i++) mean += x[i];
+        mean /= n;
+    }
+    for (int64_t i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    float inv = 1.0f / sqrtf(var / n + m->eps);
+    for (int64_t i = 0; i < n; i++) {
+        float v = (x[i] - mean) * inv;
+        if (gain) v *= param(gain, i, m->ptype);
+        if (bias) v += param(bias, i, m->ptype);
+        y[i] = v;
+        if (xb) xb[i] = to_bf16(v);
+    }
+}
+
+static void round_bf16(const float *x, bf16 *xb, int64_t n) {
+    for (int64_t i = 0; i < n; i++) xb[i] = to_bf16(x[i]);
+}
+
+/* One token at position `pos`, its keys and values stored at cache slot `slot`, attending to
+   the first `keys` slots; rope_cos/rope_sin: (head_size / 2,) at `pos` (modern), else NULL.
+   logits: (vocab,) float32. Returns 0, or -1 when out of memory. */
+int gptcli_decode_step(const Model *m, int64_t token, int64_t pos, int64_t slot, int64_t keys,
+                       const float *rope_cos, const float *rope_sin, float *logits,
+                       int threads) {
+    const int64_t C = m->n_embd, H = m->n_head, D = m->head_size, F = 4 * m->n_embd;
+    const int64_t L = m->max_len;
+    float *buf = malloc(sizeof(float) * (C + C + 3 * C + C + F + H * keys));
+    bf16 *xb = malloc(sizeof(bf16) * (F > C ? F : C));
+    if (!buf || !xb) {
+        free(buf), free(xb);
+        return -1;
+    }
+    float *x = buf, *h = x + C, *qkv = h + C, *att = qkv + 3 * C, *f = att + C;
+    float *scores = f + F;
+    const float scale = 1.0f / sqrtf((float)D);
+
+    Barrier barrier = {0, 0, 1};
+#pragma omp parallel num_threads(threads)
+    {
+        Team team = {omp_get_thread_num(), omp_get_num_threads(), &barrier};
+        int64_t lo, hi;
+#pragma omp single
+        barrier.n = team.n; /* (the single's own barrier publishes it) */
+        if (team.t == 0) {
+            for (int64_t i = 0; i < C; i++) {
+                x[i] = param(m->wte, token * C + i, m->ptype);
+                if (m->family == GPT2) x[i] += param(m->wpe, pos * C + i, m->ptype);
+            }
+            if (m->embed_norm) norm(m, x, NULL, NULL, C, x, NULL);
+            norm(m, x, m->layers[0].ln1_w, m->layers[0].ln1_b, C, h, xb);
+        }
+        wait_all(&team);
+        for (int64_t l = 0; l < m->n_layer; l++) {
+            const Layer *ly = &m->layers[l];
+            float *kc = m->k_cache + l * H * L * D, *vc = m->v_cache + l * H * L * D;
+            matvec(&team, m, &ly->attn, 3 * C, C, h, xb, qkv, PLAIN);
+            share(&team, H, &lo, &hi);
+            for (int64_t hd = lo; hd < hi; hd++) { /* this head's query, key, value, attention */
+                float *q = qkv + hd * D, *k = qkv + C + hd * D, *v = qkv + 2 * C + hd * D;
+                if (m->family == MODERN) {
+                    norm(m, q, ly->q_norm, NULL, D, q, NULL);
+                    norm(m, k, ly->k_norm, NULL, D, k, NULL);
+                    for (int64_t i = 0; i < D / 2; i++) {
+                        float c = rope_cos[i], s = rope_sin[i];
+                        float q1 = q[i], q2 = q[i + D / 2], k1 = k[i], k2 = k[i + D / 2];
+                        q[i] = q1 * c - q2 * s, q[i + D / 2] = q1 * s + q2 * c;
+                        k[i] = k1 * c - k2 * s, k[i + D / 2] = k1 * s + k2 * c;
+                    }
+                }
+                float *kh = kc + hd * L * D, *vh = vc + hd * L * D, *sc = scores + hd * keys;
+                memcpy(kh + slot * D, k, sizeof(float) * D);
+                memcpy(vh + slot * D, v, sizeof(float) * D);
+                float top = -INFINITY, sum = 0;
+                for (int64_t t = 0; t < keys; t++) {
+                    float s = 0;
+                    const float *kt = kh + t * D;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t i = 0; i < D; i++) s += q[i] * kt[i];
+                    sc[t] = s * scale;
+                    top = sc[t] > top ? sc[t] : top;
+                }
+                for (int64_t t = 0; t < keys; t++) sum += (sc[t] = expf(sc[t] - top));
+                float *out = att + hd * D;
+                for (int64_t i = 0; i < D; i++) out[i] = 0;
+                for (int64_t t = 0; t < keys; t++) {
+                    const float p = sc[t] / sum, *vt = vh + t * D;
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) out[i] += p * vt[i];
+                }
+                if (m->wtype == BF16) round_bf16(out, xb + hd * D, D);
+            }
+            wait_all(&team);
+            matvec(&team, m, &ly->proj, C, C, att, xb, x, ADD);
+            if (team.t == 0) norm(m, x, ly->ln2_w, ly->ln2_b, C, h, xb);
+            wait_all(&team);
+            matvec(&team, m, &ly->fc, F, C, h, xb, f, m->family == GPT2 ? GELU : RELU2);
+            if (m->wtype == BF16) {
+                share(&team, F, &lo, &hi);
+                round_bf16(f + lo, xb + lo, hi - lo);
+                wait_all(&team);
+            }
+            matvec(&team, m, &ly->mlp_proj, C, F, f, xb, x, ADD);
+            if (team.t == 0) {
+                if (l + 1 < m->n_layer)
+                    norm(m, x, m->layers[l + 1].ln1_w, m->layers[l + 1].ln1_b, C, h, xb);
+                else
+                    norm(m, x, m->ln_f_w, m->ln_f_b, C, h, xb);
+            }
+            wait_all(&team);
+        }
+        matvec(&team, m, &m->head, m->vocab, C, h, xb, logits, PLAIN);
+    }
+    free(buf);
+    free(xb);
+    return 0;
+}

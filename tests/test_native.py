@@ -1,0 +1,134 @@
+"""The native CPU decode step (gptcli.kernels): the same logits as the model's own forward pass
+through the cache, for both families, every inference dtype, past the context (the rotary
+ring), and a clean fallback to torch where it cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run
+from test_model import tiny_model
+
+from gptcli import kernels
+from gptcli.generate import generate_tokens, prepare_for_inference
+from gptcli.kernels.step import NativeDecodeStep
+from gptcli.lora import apply_lora
+from gptcli.model import GPT
+from gptcli.sample import SamplingSettings
+
+needs_native = pytest.mark.skipif(
+    kernels.library() is None, reason=f"no native kernel: {kernels.unavailable()}"
+)
+GREEDY = SamplingSettings(temperature=0)
+GREEDY_ARGS = ("-n", "12", "--temperature", "0", "--dtype", "float32", "--json")
+
+
+def step_errors(family: str, dtype: torch.dtype, steps: int) -> tuple[float, float]:
+    """(native step vs the model's forward, model's forward vs float32): worst relative error of
+    the logits over `steps` one-token steps after a 5-token prefill, on a 16-slot cache."""
+    reference = prepare_for_inference(tiny_model(family), torch.float32)
+    model = prepare_for_inference(tiny_model(family), dtype)
+    ids = torch.randint(0, model.config.vocab_size, (1, 5 + steps), generator=torch.manual_seed(2))
+    caches = [m.new_cache(1, 16) for m in (reference, model, model)]
+    worst_native = worst_torch = 0.0
+    with torch.inference_mode():
+        for m, cache in zip((reference, model, model), caches, strict=True):
+            m(ids[:, :5], cache=cache)
+        step = NativeDecodeStep.for_model(model, caches[2], 1)
+        assert step is not None
+        for t in range(5, 5 + steps):
+            token = ids[:, t : t + 1]
+            want = reference(token, cache=caches[0], last_only=True)[0][:, -1].float()
+            torch_path = model(token, cache=caches[1], last_only=True)[0][:, -1].float()
+            got = step(token)
+            scale = want.abs().max()
+            worst_native = max(worst_native, ((got - torch_path).abs().max() / scale).item())
+            worst_torch = max(worst_torch, ((torch_path - want).abs().max() / scale).item())
+    assert caches[2].pos == caches[1].pos == 5 + steps
+    torch.testing.assert_close(caches[2].k, caches[1].k.float(), atol=0.05, rtol=0.05)
+    return worst_native, worst_torch
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_float32_step_equals_the_forward_pass(family: str) -> None:
+    # gpt2 up to its context of 16; modern on past it, where the cache is a ring
+    native, _ = step_errors(family, torch.float32, 11 if family == "gpt2" else 30)
+    assert native < 1e-5
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_low_precision_step_is_as_close_as_torch(family: str, dtype: torch.dtype) -> None:
+    # Same weights as torch's path; activations differ (float32 here, bfloat16 there), so the
+    # two may differ by what bfloat16 rounding costs, and neither strays further from float32.
+    native, torch_error = step_errors(family, dtype, 11)
+    assert 0 < native < 0.05
+    assert torch_error < 0.05
+
+
+@needs_native
+def test_modern_gains_norms_are_read() -> None:
+    config = dataclasses.replace(tiny_model("modern").config, norms="gains")  # older models
+    torch.manual_seed(3)
+    model = GPT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)  # gains away from 1
+    assert model.transformer["h"][0].attn.q_norm.weight is not None
+    prepare_for_inference(model, torch.float32)
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.inference_mode():
+        cache = model.new_cache(1, 16)
+        model(ids[:, :4], cache=cache)
+        step = NativeDecodeStep.for_model(model, cache, 1)
+        assert step is not None
+        got = torch.cat([step(ids[:, t : t + 1]) for t in range(4, 8)])
+        want = model(ids)[0][0, 4:]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@needs_native
+def test_greedy_generation_is_the_same_with_and_without_it(monkeypatch) -> None:
+    model = prepare_for_inference(tiny_model("gpt2"), torch.float32)
+    prompt = [5, 17, 42]
+    native = list(generate_tokens(model, prompt, 40, GREEDY))  # past the context: prefills again
+    monkeypatch.setattr(NativeDecodeStep, "for_model", staticmethod(lambda *a: None))
+    plain = list(generate_tokens(model, prompt, 40, GREEDY))
+    assert native == plain and len(native) == 40
+
+
+def test_it_stands_aside_where_it_cannot_run() -> None:
+    model = prepare_for_inference(tiny_model("gpt2"), torch.float32)
+    assert NativeDecodeStep.for_model(model, model.new_cache(2, 16), 2) is None  # two rows
+    apply_lora(model, rank=2)  # adapters: torch's path
+    assert NativeDecodeStep.for_model(model, model.new_cache(1, 16), 1) is None
+
+
+def test_without_a_compiler_generation_uses_torch(
+    trained_home: Path, monkeypatch, tmp_path: Path
+) -> None:
+    reference = json.loads(run("generate", "Once", *GREEDY_ARGS).stdout)
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: error: no such thing' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    monkeypatch.setenv("GPTCLI_HOME", str(tmp_path / "home"))  # nothing built there yet
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None
+        assert "did not build" in (kernels.unavailable() or "")
+        assert "no such thing" in (kernels.unavailable() or "")
+        monkeypatch.setenv("GPTCLI_HOME", str(trained_home))
+        again = json.loads(run("generate", "Once", *GREEDY_ARGS).stdout)
+        assert again["text"] == reference["text"]
+        monkeypatch.setenv("GPTCLI_NATIVE", "0")
+        kernels.library.cache_clear()
+        assert kernels.library() is None and kernels.unavailable() == "GPTCLI_NATIVE=0"
+    finally:
+        kernels.library.cache_clear()
