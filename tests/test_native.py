@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,12 @@ def test_it_stands_aside_where_it_cannot_run() -> None:
 
 
 def test_without_a_compiler_generation_uses_torch(
-    trained_home: Path, monkeypatch, tmp_path: Path
+    base_home: Path, monkeypatch, tmp_path: Path
 ) -> None:
+    kernels.library.cache_clear()  # built afresh in this store
     reference = json.loads(run("generate", "Once", *GREEDY_ARGS).stdout)
+    shown = run("models", "show").stdout  # the generation above built it
+    assert re.search(r"decode +one row on the CPU: native step \(built\)", shown)
     broken = tmp_path / "cc"
     broken.write_text("#!/bin/sh\necho 'cc: error: no such thing' >&2\nexit 1\n")
     broken.chmod(0o755)
@@ -124,11 +128,13 @@ def test_without_a_compiler_generation_uses_torch(
         assert kernels.library() is None
         assert "did not build" in (kernels.unavailable() or "")
         assert "no such thing" in (kernels.unavailable() or "")
-        monkeypatch.setenv("GPTCLI_HOME", str(trained_home))
+        monkeypatch.setenv("GPTCLI_HOME", str(base_home))
         again = json.loads(run("generate", "Once", *GREEDY_ARGS).stdout)
         assert again["text"] == reference["text"]
         monkeypatch.setenv("GPTCLI_NATIVE", "0")
         kernels.library.cache_clear()
         assert kernels.library() is None and kernels.unavailable() == "GPTCLI_NATIVE=0"
+        shown = json.loads(run("models", "show", "--json").stdout)["inference_dtype"]
+        assert shown["decode"] == "torch's kernels (GPTCLI_NATIVE=0)"
     finally:
         kernels.library.cache_clear()

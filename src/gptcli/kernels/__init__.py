@@ -32,15 +32,20 @@ def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def build(cc: str, directory: Path) -> Path:
-    """Compiles decode.c into `directory` (reused when already there); raises on failure."""
+def library_path(cc: str, directory: Path) -> Path:
+    """Where the library built by `cc` for this source and CPU lives in `directory`."""
     source = SOURCE.read_bytes()
     vendor, flags = cpu_flags()
     key = hashlib.sha256(
         b"\0".join([source, " ".join(FLAGS).encode(), cc.encode(), vendor.encode()])
         + " ".join(sorted(flags)).encode()
     ).hexdigest()[:16]
-    target = directory / f"decode-{key}.so"
+    return directory / f"decode-{key}.so"
+
+
+def build(cc: str, directory: Path) -> Path:
+    """Compiles decode.c into `directory` (reused when already there); raises on failure."""
+    target = library_path(cc, directory)
     if target.is_file():
         return target
     directory.mkdir(parents=True, exist_ok=True)
@@ -85,3 +90,16 @@ def library() -> ctypes.CDLL | None:
 def unavailable() -> str | None:
     """Why `library()` is None, or None when it is available."""
     return None if library() is not None else _why_not[-1]
+
+
+def describe() -> str:
+    """What decodes one row on the CPU here, for `gpt models show`, without building anything."""
+    if os.environ.get("GPTCLI_NATIVE", "1") == "0":
+        return "torch's kernels (GPTCLI_NATIVE=0)"
+    cc = compiler()
+    if cc is None:
+        return "torch's kernels (no C compiler to build the native step)"
+    from gptcli.store import store_home
+
+    built = library_path(cc, store_home() / "kernels").is_file()
+    return "native step (built)" if built else f"native step (built with {cc} on first use)"
