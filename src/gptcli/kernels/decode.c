@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512BF16__
+#if defined(__AVX512F__) || defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
 
@@ -100,9 +100,44 @@ static inline float param(const void *p, int64_t i, int ptype) {
         }                                                                                   \
     }
 #define AS_FLOAT(v) ((float)(v))
+ROWS(rows_bf16_exact, bf16, from_bf16)
+#ifdef __AVX512F__
+/* float32 and int8 weights, 16 a vector; AVX-512 written out, as the compiler's own
+   vectorization of the loops above ran at a sixth of this speed */
+#define ROWS512(NAME, W, LOAD)                                                              \
+    static void NAME(const W *w, int64_t k, const float *x, float *out, int64_t count) {   \
+        int64_t r = 0;                                                                      \
+        for (; r + 4 <= count; r += 4) {                                                    \
+            const W *w0 = w + r * k;                                                        \
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                     \
+            for (int64_t i = 0; i < k; i += 16) {                                           \
+                __mmask16 m = k - i >= 16 ? 0xffff : (__mmask16)((1u << (k - i)) - 1);      \
+                __m512 xv = _mm512_maskz_loadu_ps(m, x + i);                                \
+                a0 = _mm512_fmadd_ps(LOAD(m, w0 + i), xv, a0);                              \
+                a1 = _mm512_fmadd_ps(LOAD(m, w0 + k + i), xv, a1);                          \
+                a2 = _mm512_fmadd_ps(LOAD(m, w0 + 2 * k + i), xv, a2);                      \
+                a3 = _mm512_fmadd_ps(LOAD(m, w0 + 3 * k + i), xv, a3);                      \
+            }                                                                               \
+            out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);      \
+            out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);  \
+        }                                                                                   \
+        for (; r < count; r++) {                                                            \
+            __m512 a = _mm512_setzero_ps();                                                 \
+            for (int64_t i = 0; i < k; i += 16) {                                           \
+                __mmask16 m = k - i >= 16 ? 0xffff : (__mmask16)((1u << (k - i)) - 1);      \
+                a = _mm512_fmadd_ps(LOAD(m, w + r * k + i), _mm512_maskz_loadu_ps(m, x + i), a); \
+            }                                                                               \
+            out[r] = _mm512_reduce_add_ps(a);                                               \
+        }                                                                                   \
+    }
+#define LOAD_F32(m, p) _mm512_maskz_loadu_ps(m, p)
+#define LOAD_I8(m, p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
+ROWS512(rows_f32, float, LOAD_F32)
+ROWS512(rows_i8, int8_t, LOAD_I8)
+#else
 ROWS(rows_f32, float, AS_FLOAT)
 ROWS(rows_i8, int8_t, AS_FLOAT)
-ROWS(rows_bf16_exact, bf16, from_bf16)
+#endif
 
 #ifdef __AVX512BF16__
 /* bfloat16 weights against the vector rounded to bfloat16 (xb), 32 products an instruction */
