@@ -153,6 +153,11 @@ class PackedWeight:
         else:
             self.data, scales = quantize_int8(w)
             self.scales = scales.to(activations)
+            # ATen's kernel reads rows in blocks of 16: other widths got wrong sums (inf at 40)
+            # or crashed; those take the same int8 values through F.linear instead
+            self.dequantized = None
+            if w.size(1) % 16:
+                self.dequantized = (self.data.float() * scales[:, None]).to(activations)
 
     @staticmethod
     def fingerprint(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
@@ -176,6 +181,8 @@ class PackedWeight:
             return torch.ops.mkldnn._linear_pointwise(x, self.data, bias, "none", [], "")
         if self.kind == "rowblocks":
             return row_blocks_product(x, self.data, bias, self.blocks)
+        if self.dequantized is not None:
+            return F.linear(x, self.dequantized, bias)
         flat = x.reshape(-1, x.size(-1))
         y = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
         y = y.view(*x.shape[:-1], self.out_features)
