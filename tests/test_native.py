@@ -15,6 +15,7 @@ from conftest import run
 from test_model import tiny_model
 
 from gptcli import kernels
+from gptcli.errors import GptError
 from gptcli.generate import generate_tokens, prepare_for_inference
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.lora import apply_lora
@@ -71,6 +72,25 @@ def test_low_precision_step_is_as_close_as_torch(family: str, dtype: torch.dtype
     native, torch_error = step_errors(family, dtype, 11)
     assert 0 < native < 0.05
     assert torch_error < 0.05
+
+
+@needs_native
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_prefill_and_chunks_equal_the_forward_pass(family: str) -> None:
+    model = prepare_for_inference(tiny_model(family), torch.float32)
+    ids = torch.randint(0, 300, (1, 24), generator=torch.manual_seed(4))
+    with torch.inference_mode():
+        torch_cache, cache = model.new_cache(1, 24), model.new_cache(1, 24)
+        step = NativeDecodeStep.for_model(model, cache, 1)
+        assert step is not None
+        for lo, hi in ((0, 12), (12, 20), (20, 21), (21, 24)):  # a prompt, a chunk, steps
+            want = model(ids[:, lo:hi], cache=torch_cache, last_only=True)[0][:, -1]
+            torch.testing.assert_close(step(ids[:, lo:hi]), want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache.k, torch_cache.k)
+        torch.testing.assert_close(cache.v, torch_cache.v)
+        with pytest.raises(GptError, match=r"exceeds the context|does not fit"):
+            step(ids[:, :2])  # past the 24 slots: refused, as torch's path refuses it
+    assert cache.pos == 24
 
 
 @needs_native

@@ -249,13 +249,13 @@ def generate_batch(
     slides = model.rotary and not static
 
     start = time.perf_counter()
-    logits = last_logits(model, torch.tensor([window], device=device), cache)
+    native = NativeDecodeStep.for_model(model, cache, samples) if not static else None
+    prompt_ids = torch.tensor([window], device=device)
+    logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
     logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample
-    step = None
+    step: StaticDecodeStep | NativeDecodeStep | None = native
     if static:
         step = StaticDecodeStep(model, cache, samples, capture=device.type == "cuda")
-    elif device.type == "cpu":
-        step = NativeDecodeStep.for_model(model, cache, samples)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     stats.prefill_seconds = time.perf_counter() - start
@@ -289,7 +289,7 @@ def generate_batch(
             cache.reset()
             keep = max(1, context // 2)
             recent = torch.tensor([h[-keep:] for h in history], device=device)
-            logits = last_logits(model, recent, cache)
+            logits = native(recent) if native else last_logits(model, recent, cache)
         elif step is not None:
             logits = step(next_ids)
         else:

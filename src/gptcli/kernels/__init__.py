@@ -83,7 +83,7 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         _why_not.append(f"the native kernel did not build: {exc}")
         return None
-    lib.gptcli_decode_step.restype = ctypes.c_int
+    lib.gptcli_forward.restype = ctypes.c_int
     return lib
 
 

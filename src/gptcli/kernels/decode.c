@@ -236,39 +236,44 @@ static inline void share(const Team *team, int64_t count, int64_t *lo, int64_t *
 
 enum { PLAIN = 0, GELU = 1, RELU2 = 2, ADD = 3 };
 
-/* y = act(W x + b), or y += W x + b (ADD); called by every thread of the region, which
-   share its rows; xb is x rounded to bfloat16 (bfloat16 weights only). Ends at a barrier. */
+/* y[t] = act(W x[t] + b), or y[t] += W x[t] + b (ADD), for the `tokens` rows of x (cols
+   each) and y (rows each); called by every thread of the region, which share the weight's
+   rows, so each weight is read from memory once however many tokens there are. xb is x
+   rounded to bfloat16 (bfloat16 weights only). Ends at a barrier. */
 static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, int64_t cols,
-                   const float *x, const bf16 *xb, float *y, int mode) {
+                   int64_t tokens, const float *x, const bf16 *xb, float *y, int mode) {
     int64_t lo, hi;
     (void)xb;
     share(team, (rows + 3) / 4, &lo, &hi);
     for (int64_t g = lo; g < hi; g++) {
         int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
-        float out[4];
-        if (m->wtype == F32)
-            rows_f32((const float *)mat->w + j0 * cols, cols, x, out, count);
-        else if (m->wtype == I8)
-            rows_i8((const int8_t *)mat->w + j0 * cols, cols, x, out, count);
-        else
+        for (int64_t t = 0; t < tokens; t++) {
+            float out[4], *yt = y + t * rows;
+            const float *xt = x + t * cols;
+            if (m->wtype == F32)
+                rows_f32((const float *)mat->w + j0 * cols, cols, xt, out, count);
+            else if (m->wtype == I8)
+                rows_i8((const int8_t *)mat->w + j0 * cols, cols, xt, out, count);
+            else
 #ifdef __AVX512BF16__
-            rows_bf16((const bf16 *)mat->w + j0 * cols, cols, xb, out, count);
+                rows_bf16((const bf16 *)mat->w + j0 * cols, cols, xb + t * cols, out, count);
 #else
-            rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, x, out, count);
+                rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, xt, out, count);
 #endif
-        for (int64_t r = 0; r < count; r++) {
-            int64_t j = j0 + r;
-            float v = out[r];
-            if (mat->scale) v *= mat->scale[j];
-            if (mat->bias) v += param(mat->bias, j, m->ptype);
-            if (mode == GELU) {
-                float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
-                v = 0.5f * v * (1.0f + tanhf(u));
-            } else if (mode == RELU2) {
-                v = v > 0 ? v * v : 0;
+            for (int64_t r = 0; r < count; r++) {
+                int64_t j = j0 + r;
+                float v = out[r];
+                if (mat->scale) v *= mat->scale[j];
+                if (mat->bias) v += param(mat->bias, j, m->ptype);
+                if (mode == GELU) {
+                    float u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+                    v = 0.5f * v * (1.0f + tanhf(u));
+                } else if (mode == RELU2) {
+                    v = v > 0 ? v * v : 0;
+                }
+                if (mode == ADD) yt[j] += v;
+                else yt[j] = v;
             }
-            if (mode == ADD) y[j] += v;
-            else y[j] = v;
         }
     }
     wait_all(team);
@@ -298,99 +303,119 @@ static void round_bf16(const float *x, bf16 *xb, int64_t n) {
     for (int64_t i = 0; i < n; i++) xb[i] = to_bf16(x[i]);
 }
 
-/* One token at position `pos`, its keys and values stored at cache slot `slot`, attending to
-   the first `keys` slots; rope_cos/rope_sin: (head_size / 2,) at `pos` (modern), else NULL.
-   logits: (vocab,) float32. Returns 0, or -1 when out of memory. */
-int gptcli_decode_step(const Model *m, int64_t token, int64_t pos, int64_t slot, int64_t keys,
-                       const float *rope_cos, const float *rope_sin, float *logits,
-                       int threads) {
+/* norm of each of x's `tokens` rows (C each) into h and xb, shared by the threads; ends at a
+   barrier */
+static void norm_rows(Team *team, const Model *m, const float *x, const void *gain,
+                      const void *bias, int64_t tokens, float *h, bf16 *xb) {
+    int64_t lo, hi, C = m->n_embd;
+    share(team, tokens, &lo, &hi);
+    for (int64_t t = lo; t < hi; t++) norm(m, x + t * C, gain, bias, C, h + t * C, xb + t * C);
+    wait_all(team);
+}
+
+/* `tokens` tokens at positions pos, pos + 1, ...: their keys and values are stored at cache
+   slots (pos + t) % max_len, and token t attends to the first min(pos + t + 1, max_len)
+   slots (so several tokens must not wrap around the ring). rope_cos/rope_sin: (tokens,
+   head_size / 2) at those positions (modern), else NULL. logits: (vocab,) float32, of the
+   last token. Returns 0, or -1 when out of memory. */
+int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t pos,
+                   const float *rope_cos, const float *rope_sin, float *logits, int threads) {
     const int64_t C = m->n_embd, H = m->n_head, D = m->head_size, F = 4 * m->n_embd;
-    const int64_t L = m->max_len;
-    float *buf = malloc(sizeof(float) * (C + C + 3 * C + C + F + H * keys));
-    bf16 *xb = malloc(sizeof(bf16) * (F > C ? F : C));
+    const int64_t L = m->max_len, T = tokens;
+    if (threads < 1) threads = 1;
+    float *buf = malloc(sizeof(float) * (T * (C + C + 3 * C + C + F) + threads * L));
+    bf16 *xb = malloc(sizeof(bf16) * T * F);
     if (!buf || !xb) {
         free(buf), free(xb);
         return -1;
     }
-    float *x = buf, *h = x + C, *qkv = h + C, *att = qkv + 3 * C, *f = att + C;
-    float *scores = f + F;
+    float *x = buf, *h = x + T * C, *qkv = h + T * C, *att = qkv + T * 3 * C;
+    float *f = att + T * C, *scores = f + T * F;
     const float scale = 1.0f / sqrtf((float)D);
-
     Barrier barrier = {0, 0, 1};
+
 #pragma omp parallel num_threads(threads)
     {
         Team team = {omp_get_thread_num(), omp_get_num_threads(), &barrier};
         int64_t lo, hi;
 #pragma omp single
         barrier.n = team.n; /* (the single's own barrier publishes it) */
-        if (team.t == 0) {
+        share(&team, T, &lo, &hi);
+        for (int64_t t = lo; t < hi; t++) {
+            float *xt = x + t * C;
             for (int64_t i = 0; i < C; i++) {
-                x[i] = param(m->wte, token * C + i, m->ptype);
-                if (m->family == GPT2) x[i] += param(m->wpe, pos * C + i, m->ptype);
+                xt[i] = param(m->wte, ids[t] * C + i, m->ptype);
+                if (m->family == GPT2) xt[i] += param(m->wpe, (pos + t) * C + i, m->ptype);
             }
-            if (m->embed_norm) norm(m, x, NULL, NULL, C, x, NULL);
-            norm(m, x, m->layers[0].ln1_w, m->layers[0].ln1_b, C, h, xb);
+            if (m->embed_norm) norm(m, xt, NULL, NULL, C, xt, NULL);
         }
         wait_all(&team);
+        norm_rows(&team, m, x, m->layers[0].ln1_w, m->layers[0].ln1_b, T, h, xb);
         for (int64_t l = 0; l < m->n_layer; l++) {
             const Layer *ly = &m->layers[l];
             float *kc = m->k_cache + l * H * L * D, *vc = m->v_cache + l * H * L * D;
-            matvec(&team, m, &ly->attn, 3 * C, C, h, xb, qkv, PLAIN);
-            share(&team, H, &lo, &hi);
-            for (int64_t hd = lo; hd < hi; hd++) { /* this head's query, key, value, attention */
-                float *q = qkv + hd * D, *k = qkv + C + hd * D, *v = qkv + 2 * C + hd * D;
+            matvec(&team, m, &ly->attn, 3 * C, C, T, h, xb, qkv, PLAIN);
+            share(&team, T * H, &lo, &hi);
+            for (int64_t job = lo; job < hi; job++) { /* a token's key and value in a head */
+                int64_t t = job / H, hd = job % H, slot = (pos + t) % L;
+                float *q = qkv + t * 3 * C + hd * D, *k = q + C, *v = q + 2 * C;
                 if (m->family == MODERN) {
+                    const float *cs = rope_cos + t * (D / 2), *sn = rope_sin + t * (D / 2);
                     norm(m, q, ly->q_norm, NULL, D, q, NULL);
                     norm(m, k, ly->k_norm, NULL, D, k, NULL);
                     for (int64_t i = 0; i < D / 2; i++) {
-                        float c = rope_cos[i], s = rope_sin[i];
+                        float c = cs[i], s = sn[i];
                         float q1 = q[i], q2 = q[i + D / 2], k1 = k[i], k2 = k[i + D / 2];
                         q[i] = q1 * c - q2 * s, q[i + D / 2] = q1 * s + q2 * c;
                         k[i] = k1 * c - k2 * s, k[i + D / 2] = k1 * s + k2 * c;
                     }
                 }
-                float *kh = kc + hd * L * D, *vh = vc + hd * L * D, *sc = scores + hd * keys;
-                memcpy(kh + slot * D, k, sizeof(float) * D);
-                memcpy(vh + slot * D, v, sizeof(float) * D);
-                float top = -INFINITY, sum = 0;
-                for (int64_t t = 0; t < keys; t++) {
-                    float s = 0;
-                    const float *kt = kh + t * D;
-#pragma omp simd reduction(+ : s)
-                    for (int64_t i = 0; i < D; i++) s += q[i] * kt[i];
-                    sc[t] = s * scale;
-                    top = sc[t] > top ? sc[t] : top;
-                }
-                for (int64_t t = 0; t < keys; t++) sum += (sc[t] = expf(sc[t] - top));
-                float *out = att + hd * D;
-                for (int64_t i = 0; i < D; i++) out[i] = 0;
-                for (int64_t t = 0; t < keys; t++) {
-                    const float p = sc[t] / sum, *vt = vh + t * D;
-#pragma omp simd
-                    for (int64_t i = 0; i < D; i++) out[i] += p * vt[i];
-                }
-                if (m->wtype == BF16) round_bf16(out, xb + hd * D, D);
+                memcpy(kc + (hd * L + slot) * D, k, sizeof(float) * D);
+                memcpy(vc + (hd * L + slot) * D, v, sizeof(float) * D);
             }
             wait_all(&team);
-            matvec(&team, m, &ly->proj, C, C, att, xb, x, ADD);
-            if (team.t == 0) norm(m, x, ly->ln2_w, ly->ln2_b, C, h, xb);
+            for (int64_t job = lo; job < hi; job++) { /* a token's attention in a head */
+                int64_t t = job / H, hd = job % H;
+                int64_t keys = pos + t + 1 < L ? pos + t + 1 : L;
+                const float *q = qkv + t * 3 * C + hd * D;
+                const float *kh = kc + hd * L * D, *vh = vc + hd * L * D;
+                float *sc = scores + team.t * L, top = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < keys; j++) {
+                    float s = 0;
+                    const float *kj = kh + j * D;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t i = 0; i < D; i++) s += q[i] * kj[i];
+                    sc[j] = s * scale;
+                    top = sc[j] > top ? sc[j] : top;
+                }
+                for (int64_t j = 0; j < keys; j++) sum += (sc[j] = expf(sc[j] - top));
+                float *out = att + t * C + hd * D;
+                for (int64_t i = 0; i < D; i++) out[i] = 0;
+                for (int64_t j = 0; j < keys; j++) {
+                    const float p = sc[j] / sum, *vj = vh + j * D;
+#pragma omp simd
+                    for (int64_t i = 0; i < D; i++) out[i] += p * vj[i];
+                }
+                if (m->wtype == BF16) round_bf16(out, xb + t * C + hd * D, D);
+            }
             wait_all(&team);
-            matvec(&team, m, &ly->fc, F, C, h, xb, f, m->family == GPT2 ? GELU : RELU2);
+            matvec(&team, m, &ly->proj, C, C, T, att, xb, x, ADD);
+            norm_rows(&team, m, x, ly->ln2_w, ly->ln2_b, T, h, xb);
+            matvec(&team, m, &ly->fc, F, C, T, h, xb, f, m->family == GPT2 ? GELU : RELU2);
             if (m->wtype == BF16) {
-                share(&team, F, &lo, &hi);
+                share(&team, T * F, &lo, &hi);
                 round_bf16(f + lo, xb + lo, hi - lo);
                 wait_all(&team);
             }
-            matvec(&team, m, &ly->mlp_proj, C, F, f, xb, x, ADD);
-            if (team.t == 0) {
-                if (l + 1 < m->n_layer)
-                    norm(m, x, m->layers[l + 1].ln1_w, m->layers[l + 1].ln1_b, C, h, xb);
-                else
-                    norm(m, x, m->ln_f_w, m->ln_f_b, C, h, xb);
-            }
-            wait_all(&team);
+            matvec(&team, m, &ly->mlp_proj, C, F, T, f, xb, x, ADD);
+            if (l + 1 < m->n_layer)
+                norm_rows(&team, m, x, m->layers[l + 1].ln1_w, m->layers[l + 1].ln1_b, T, h,
+                          xb);
         }
-        matvec(&team, m, &m->head, m->vocab, C, h, xb, logits, PLAIN);
+        if (team.t == 0) /* only the last token's logits */
+            norm(m, x + (T - 1) * C, m->ln_f_w, m->ln_f_b, C, h, xb);
+        wait_all(&team);
+        matvec(&team, m, &m->head, m->vocab, C, 1, h, xb, logits, PLAIN);
     }
     free(buf);
     free(xb);

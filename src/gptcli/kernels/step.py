@@ -1,8 +1,8 @@
-"""`NativeDecodeStep`: one-token decode steps of a GPT through `decode.c`, on the CPU.
+"""`NativeDecodeStep`: a GPT's prefill and one-token decode steps through `decode.c`, on the CPU.
 
 It reads the model's own tensors and its KV cache in place (pointers into torch's memory), so
 it needs nothing prepared beyond `prepare_for_inference`, and the torch path and this one can
-take turns on the same cache (the prefill runs in torch). `for_model` says whether a model
+take turns on the same cache. `for_model` says whether a model
 and cache can use it: one row, on the CPU, float32 cache, weights in float32, bfloat16 or
 packed int8, plain `Linear` layers (no LoRA adapters).
 """
@@ -14,6 +14,7 @@ import ctypes
 import torch
 
 from gptcli import kernels
+from gptcli.errors import GptError
 from gptcli.model import GPT, KVCache, Linear, rotary_at
 
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
@@ -171,28 +172,37 @@ class NativeDecodeStep:
         return Matrix(self.pointer(weight), scale, self.pointer(linear.bias))
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (1, 1) -> float32 logits (1, V) of the token after it; advances the cache."""
+        """tokens (1, T) after the cached ones -> float32 logits (1, V) of the token after the
+        last; advances the cache by T. Several tokens (a prefill) read each weight once."""
         cache, config = self.cache, self.model.config
-        pos = cache.pos
+        ids = tokens.reshape(-1).to(torch.int64).contiguous()
+        pos, count = cache.pos, ids.numel()
+        if count > 1 and pos + count > cache.max_len:  # as KVCache.update refuses it
+            raise GptError(
+                f"a chunk of {count} tokens does not fit in the cache of {cache.max_len}"
+            )
+        if not self.model.rotary and pos + count > min(config.block_size, cache.max_len):
+            limit = min(config.block_size, cache.max_len)
+            raise GptError(f"sequence of {pos + count} tokens exceeds the context of {limit}")
         cos = sin = None
         if self.model.rotary:
-            if pos < config.block_size:
-                cos, sin = self.model.rope_cos[pos], self.model.rope_sin[pos]
+            if pos + count <= config.block_size:
+                cos = self.model.rope_cos[pos : pos + count]
+                sin = self.model.rope_sin[pos : pos + count]
             else:
-                cos, sin = (t[0] for t in rotary_at(config, pos, 1))
+                cos, sin = rotary_at(config, pos, count)
         logits = torch.empty(1, config.vocab_size)
-        failed = self.lib.gptcli_decode_step(
+        failed = self.lib.gptcli_forward(
             ctypes.byref(self.struct),
-            ctypes.c_int64(int(tokens.view(-1)[0])),
+            P(ids.data_ptr()),
+            ctypes.c_int64(count),
             ctypes.c_int64(pos),
-            ctypes.c_int64(pos % cache.max_len),
-            ctypes.c_int64(min(pos + 1, cache.max_len)),
             P(cos.data_ptr() if cos is not None else None),
             P(sin.data_ptr() if sin is not None else None),
             P(logits.data_ptr()),
             ctypes.c_int(torch.get_num_threads()),
         )
         if failed:
-            raise MemoryError("the native decode step could not allocate its buffers")
-        cache.pos += 1
+            raise MemoryError("the native step could not allocate its buffers")
+        cache.pos += count
         return logits
