@@ -19,7 +19,7 @@ from gptcli.errors import GptError
 from gptcli.generate import generate_tokens, prepare_for_inference
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.lora import apply_lora
-from gptcli.model import GPT
+from gptcli.model import GPT, KVCache
 from gptcli.sample import SamplingSettings
 
 needs_native = pytest.mark.skipif(
@@ -158,3 +158,25 @@ def test_without_a_compiler_generation_uses_torch(
         assert shown["decode"] == "torch's kernels (GPTCLI_NATIVE=0)"
     finally:
         kernels.library.cache_clear()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_slots_not_yet_written_are_never_read(family: str, native: bool, monkeypatch) -> None:
+    # generation's cache comes unzeroed (75 MB to clear on the 124M shape): fill it with NaN
+    # and the tokens must not change, on both paths, past the context too
+    model = prepare_for_inference(tiny_model(family), torch.float32)
+    want = list(generate_tokens(model, [5, 17, 42], 40, GREEDY))
+    made = GPT.new_cache
+
+    def poisoned(self: GPT, *args: object, **kwargs: object) -> KVCache:
+        cache = made(self, *args, **kwargs)  # type: ignore[arg-type]
+        if not kwargs.get("zeroed", True):
+            cache.k.fill_(float("nan"))
+            cache.v.fill_(float("nan"))
+        return cache
+
+    monkeypatch.setattr(GPT, "new_cache", poisoned)
+    if not native:
+        monkeypatch.setattr(NativeDecodeStep, "for_model", staticmethod(lambda *a: None))
+    assert list(generate_tokens(model, [5, 17, 42], 40, GREEDY)) == want

@@ -245,7 +245,7 @@ def generate_batch(
     counts = None
     if settings.penalized:
         counts = TokenCounts(window, samples, model.config.vocab_size, device)
-    cache = model.new_cache(samples, context)
+    cache = model.new_cache(samples, context, zeroed=static)  # static steps read every slot
     slides = model.rotary and not static
 
     start = time.perf_counter()
