@@ -1,7 +1,8 @@
 """Native CPU kernels: `decode.c`, built on first use with the machine's C compiler and loaded
 with ctypes.
 
-The library is compiled for this CPU (`-march=native`) into `$GPTCLI_HOME/kernels/`, named by
+The library is compiled for this CPU (`-march=native`) into `$GPTCLI_HOME/kernels/` (or
+`$GPTCLI_KERNELS`), named by
 a hash of the source, the flags, the compiler and the CPU, so a change to any of them builds
 it again, once. It links OpenMP by name (`libgomp.so.1`), which resolves to the runtime torch
 has already loaded: one pool of threads for both. Where there is no compiler, the build fails
@@ -30,6 +31,14 @@ _why_not: list[str] = []  # the reason the library is unavailable, once known
 
 def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def kernels_dir() -> Path:
+    """$GPTCLI_KERNELS if set (the test suite shares one build this way), else the store's."""
+    from gptcli.store import store_home
+
+    given = os.environ.get("GPTCLI_KERNELS")
+    return Path(given) if given else store_home() / "kernels"
 
 
 def library_path(cc: str, directory: Path) -> Path:
@@ -61,6 +70,9 @@ def build(cc: str, directory: Path) -> Path:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"{cc} failed: {last}")
         os.replace(out, target)  # atomic: a concurrent build of the same key is harmless
+    for old in directory.glob("decode-*.so"):  # builds of older sources (a library in use stays
+        if old != target:  # mapped where it is loaded)
+            old.unlink(missing_ok=True)
     return target
 
 
@@ -76,10 +88,8 @@ def library() -> ctypes.CDLL | None:
         return None
     import torch  # noqa: F401  (its OpenMP runtime first, so that ours resolves to it)
 
-    from gptcli.store import store_home
-
     try:
-        lib = ctypes.CDLL(str(build(cc, store_home() / "kernels")))
+        lib = ctypes.CDLL(str(build(cc, kernels_dir())))
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
         _why_not.append(f"the native kernel did not build: {exc}")
         return None
@@ -99,7 +109,5 @@ def describe() -> str:
     cc = compiler()
     if cc is None:
         return "torch's kernels (no C compiler to build the native step)"
-    from gptcli.store import store_home
-
-    built = library_path(cc, store_home() / "kernels").is_file()
+    built = library_path(cc, kernels_dir()).is_file()
     return "native step (built)" if built else f"native step (built with {cc} on first use)"
