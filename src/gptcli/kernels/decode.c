@@ -273,12 +273,19 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
     int64_t lo, hi;
     (void)xb;
     share(team, (rows + 3) / 4, &lo, &hi);
+    /* several tokens: int8 rows are widened to float32 once, not once a token */
+    float *wide = m->wtype == I8 && tokens > 1 ? malloc(sizeof(float) * 4 * cols) : NULL;
     for (int64_t g = lo; g < hi; g++) {
         int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
+        if (wide)
+            for (int64_t i = 0; i < count * cols; i++)
+                wide[i] = (float)((const int8_t *)mat->w)[j0 * cols + i];
         for (int64_t t = 0; t < tokens; t++) {
             float out[4], *yt = y + t * rows;
             const float *xt = x + t * cols;
-            if (m->wtype == F32)
+            if (wide)
+                rows_f32(wide, cols, xt, out, count);
+            else if (m->wtype == F32)
                 rows_f32((const float *)mat->w + j0 * cols, cols, xt, out, count);
             else if (m->wtype == I8)
                 rows_i8((const int8_t *)mat->w + j0 * cols, cols, xt, out, count);
@@ -299,6 +306,7 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
             }
         }
     }
+    free(wide);
     if (mode == GELU) /* on this thread's own rows, vectorized */
         for (int64_t t = 0; t < tokens; t++) {
             int64_t j0 = lo * 4, j1 = hi * 4 < rows ? hi * 4 : rows;
