@@ -254,22 +254,30 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 def streamed_loss(model: torch.nn.Module, ids: list[int]) -> float:
     """Mean loss of ids[1:] fed one token at a time through the KV cache, as generation runs
-    (the windows past the context as generate_batch makes them)."""
+    them (the native step where it can run; the windows past the context as generate_batch
+    makes them)."""
     import torch.nn.functional as F
 
     context = model.config.block_size
     cache = model.new_cache(1)
+    native = NativeDecodeStep.for_model(model, cache, 1)  # what generation runs, where it can
+
+    def last(chunk: list[int]) -> torch.Tensor:  # (V,) float32 logits after the chunk
+        tokens = torch.tensor([chunk])
+        if native is not None:
+            return native(tokens)[0]
+        return model(tokens, cache=cache, last_only=True)[0][0, -1].float()
+
     total = 0.0
     with torch.inference_mode():
-        logits, _ = model(torch.tensor([ids[:1]]), cache=cache, last_only=True)
+        logits = last(ids[:1])
         for i in range(1, len(ids)):
-            total += float(F.cross_entropy(logits[0, -1:].float(), torch.tensor(ids[i : i + 1])))
+            total += float(F.cross_entropy(logits[None], torch.tensor(ids[i : i + 1])))
             if cache.pos >= context and not model.rotary:
                 cache.reset()
-                window = torch.tensor([ids[i + 1 - context // 2 : i + 1]])
-                logits, _ = model(window, cache=cache, last_only=True)
+                logits = last(ids[i + 1 - context // 2 : i + 1])
             else:
-                logits, _ = model(torch.tensor([ids[i : i + 1]]), cache=cache, last_only=True)
+                logits = last(ids[i : i + 1])
     return total / (len(ids) - 1)
 
 
