@@ -39,14 +39,15 @@ def test_optimizer_groups_cover_every_parameter_once(family: str) -> None:
         assert type(optimizers[0]).__name__ in ("Muon", "OwnMuon")
 
 
-def test_own_muon_matches_torch_muon() -> None:
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32])  # float32: the CPU's
+def test_own_muon_matches_torch_muon(ns_dtype: torch.dtype) -> None:
     if not hasattr(torch.optim, "Muon"):
         pytest.skip("this torch has no torch.optim.Muon")
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(48, 16))
     b = torch.nn.Parameter(a.detach().clone())
     theirs = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
-    ours = OwnMuon([b], lr=0.02, weight_decay=0.1)
+    ours = OwnMuon([b], lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype)
     for _ in range(5):
         grad = torch.randn(48, 16)
         a.grad, b.grad = grad.clone(), grad.clone()
