@@ -140,7 +140,7 @@ Name = Annotated[
 Preset = Annotated[
     str,
     typer.Option(
-        help="Model size: auto (suits data, device and time), tiny, mini, small, base, gpt2."
+        help="Model size: auto (suits data, device and time), tiny, micro, mini, small, base, gpt2."
     ),
 ]
 Family = Annotated[
@@ -278,6 +278,7 @@ def train(
         force=force,
         resume=resume,
         auto_batch=flags.get("batch_size") is None,
+        auto_rates=all(flags.get(k) is None for k in ("lr", "muon_lr", "warmup_steps")),
         config=settings,
     )
     run_training(request, quiet, json_out)
