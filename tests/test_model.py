@@ -102,9 +102,9 @@ def test_config_validation() -> None:
 def test_cpu_training_kernels_give_the_librarys_gradients(
     norms: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RMSNorm and ReLU² with their own backward (gptcli.kernels, CPU training) give the loss
+    """RMSNorm and ReLU² with their own backward (gptcli.fused, CPU training) give the loss
     and every gradient that autograd through torch's kernels gives."""
-    from gptcli import kernels
+    from gptcli import fused
 
     torch.manual_seed(0)
     config = ModelConfig(
@@ -124,11 +124,11 @@ def test_cpu_training_kernels_give_the_librarys_gradients(
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     calls = []
-    own = kernels.wants_own_backward
-    monkeypatch.setattr(kernels, "wants_own_backward", lambda t: calls.append(1) or own(t))
+    own = fused.wants_own_backward
+    monkeypatch.setattr(fused, "wants_own_backward", lambda t: calls.append(1) or own(t))
     ours, our_grads = loss_and_grads()
     assert calls and own(torch.ones(1, requires_grad=True))
-    monkeypatch.setattr(kernels, "wants_own_backward", lambda t: False)
+    monkeypatch.setattr(fused, "wants_own_backward", lambda t: False)
     theirs, their_grads = loss_and_grads()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     for name, grad in their_grads.items():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptcli import kernels
+from gptcli import fused
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 
@@ -96,8 +96,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.wants_own_backward(x):
-            y = kernels.rms_norm(x, self.eps)
+        if fused.wants_own_backward(x):
+            y = fused.rms_norm(x, self.eps)
             return y if self.weight is None else y * self.weight
         return F.rms_norm(x, (self.dim,), self.weight, self.eps)
 
@@ -296,7 +296,7 @@ class MLP(nn.Module):
         if self.gpt2:
             h = F.gelu(h, approximate="tanh")
         else:
-            h = kernels.relu_squared(h) if kernels.wants_own_backward(h) else F.relu(h).square()
+            h = fused.relu_squared(h) if fused.wants_own_backward(h) else F.relu(h).square()
         return self.c_proj(h)
 
 
