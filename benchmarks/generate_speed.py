@@ -9,13 +9,17 @@ they wait; see `sleeping_omp_threads`):
 
 - `transformers`: `GPT2LMHeadModel.generate`, float32, its default attention (SDPA);
 - `gpt float32`, `gpt bfloat16`, `gpt int8`: our engine as `gpt generate --dtype ...` runs it
-  (`auto` is bfloat16 on CPUs with native bfloat16, float32 elsewhere);
+  (`auto` is bfloat16 on CPUs with native bfloat16, float32 elsewhere): the prefill in torch,
+  then one native step a token (gptcli.kernels); with `--torch-path` also `gpt ... torch`, the
+  same with one-token steps on torch's kernels (where no C compiler is found);
 - llama.cpp, where a `llama-bench` binary is on PATH or given with `--llama-bench`: the same
   weights written to GGUF here (with the `gguf` package) as f32, bf16 and q8_0, each measured by
-  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side. It
-  inherits this process's OMP_WAIT_POLICY (llama.cpp's CPU backend runs on OpenMP when built
-  with it, as by default): at load 12 on 2 cores, spinning threads took its f32 decode from
-  about 7 tokens/s to 0.5.
+  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side. It runs
+  with its own OpenMP defaults, as users run it (threads that spin a while before they sleep),
+  unless the caller set OMP_WAIT_POLICY or GOMP_SPINCOUNT; `--llama-omp ours` gives it our
+  setting (sleeping threads) instead. Sleeping costs llama.cpp about half its speed on an idle
+  Firecracker VM (q8_0: 38 against 76 tok/s), where a wake-up takes about 150 us; spinning
+  costs it most of its speed on busy cores (f32 decode at load 12: 0.5 tok/s against 7).
 
 Prefill tok/s = prompt tokens / time to the first new token; decode tok/s = 127 / (time for 128
 new tokens - time for 1) on our side and transformers'; llama-bench's pp32 and tg128. Ratios are
@@ -48,7 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gptcli.cli.generate import sleeping_omp_threads
 
-sleeping_omp_threads()  # as gpt generate does, before torch loads: for both sides alike
+# what the caller set, before we set what `gpt generate` sets (llama.cpp gets only the former)
+INHERITED = {name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ}
+sleeping_omp_threads()  # as gpt generate does, before torch loads
 import torch  # noqa: E402
 
 from gptcli.checkpoint import load_model  # noqa: E402
@@ -58,6 +64,8 @@ from gptcli.generate import (  # noqa: E402
     inference_dtype,
     prepare_for_inference,
 )
+from gptcli.kernels import unavailable  # noqa: E402
+from gptcli.kernels.step import NativeDecodeStep  # noqa: E402
 from gptcli.sample import SamplingSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -102,16 +110,27 @@ class Transformers:
 
 
 class Ours:
-    def __init__(self, directory: Path, dtype: str) -> None:
+    """`gpt generate`'s engine; `native=False` keeps one-token steps on torch's kernels (what
+    runs where the native step cannot be built), to show what the native step changes."""
+
+    def __init__(self, directory: Path, dtype: str, native: bool = True) -> None:
         self.model = load_model(directory).model
         self.dtype = inference_dtype(dtype, torch.device("cpu"))
         prepare_for_inference(self.model, self.dtype)
-        self.name = f"gpt {str(self.dtype).removeprefix('torch.')}"
+        self.native = native
+        self.name = f"gpt {str(self.dtype).removeprefix('torch.')}" + ("" if native else " torch")
         self.stats = GenerationStats()
 
     def tokens(self, prompt: list[int], n: int) -> list[int]:
         self.stats = GenerationStats()
-        return list(generate_tokens(self.model, prompt, n, GREEDY, stats=self.stats))
+        if self.native:
+            return list(generate_tokens(self.model, prompt, n, GREEDY, stats=self.stats))
+        keep = NativeDecodeStep.for_model
+        NativeDecodeStep.for_model = staticmethod(lambda *args: None)  # type: ignore[method-assign]
+        try:
+            return list(generate_tokens(self.model, prompt, n, GREEDY, stats=self.stats))
+        finally:
+            NativeDecodeStep.for_model = keep  # type: ignore[method-assign]
 
 
 # -- llama.cpp -------------------------------------------------------------------------------
@@ -188,14 +207,16 @@ def write_gguf(model: torch.nn.Module, path: Path, qtype: str) -> None:
 class LlamaBench:
     """One llama-bench run per call: pp (prompt tokens) and tg (new tokens) tokens/s."""
 
-    def __init__(self, binary: str, gguf_path: Path, dtype: str, threads: int) -> None:
-        self.binary, self.path, self.threads = binary, gguf_path, threads
+    def __init__(
+        self, binary: str, gguf_path: Path, dtype: str, threads: int, env: dict[str, str]
+    ) -> None:
+        self.binary, self.path, self.threads, self.env = binary, gguf_path, threads, env
         self.name = f"llama.cpp {LLAMA_TYPES[dtype]}"
 
     def measure(self, prompt: int, new: int) -> tuple[float, float]:
         command = [self.binary, "-m", str(self.path), "-p", str(prompt), "-n", str(new)]
         command += ["-t", str(self.threads), "-r", "1", "-o", "json"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=self.env)
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         rows = json.loads(done.stdout)
@@ -233,22 +254,30 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 def streamed_loss(model: torch.nn.Module, ids: list[int]) -> float:
     """Mean loss of ids[1:] fed one token at a time through the KV cache, as generation runs
-    (the windows past the context as generate_batch makes them)."""
+    them (the native step where it can run; the windows past the context as generate_batch
+    makes them)."""
     import torch.nn.functional as F
 
     context = model.config.block_size
     cache = model.new_cache(1)
+    native = NativeDecodeStep.for_model(model, cache, 1)  # what generation runs, where it can
+
+    def last(chunk: list[int]) -> torch.Tensor:  # (V,) float32 logits after the chunk
+        tokens = torch.tensor([chunk])
+        if native is not None:
+            return native(tokens)[0]
+        return model(tokens, cache=cache, last_only=True)[0][0, -1].float()
+
     total = 0.0
     with torch.inference_mode():
-        logits, _ = model(torch.tensor([ids[:1]]), cache=cache, last_only=True)
+        logits = last(ids[:1])
         for i in range(1, len(ids)):
-            total += float(F.cross_entropy(logits[0, -1:].float(), torch.tensor(ids[i : i + 1])))
+            total += float(F.cross_entropy(logits[None], torch.tensor(ids[i : i + 1])))
             if cache.pos >= context and not model.rotary:
                 cache.reset()
-                window = torch.tensor([ids[i + 1 - context // 2 : i + 1]])
-                logits, _ = model(window, cache=cache, last_only=True)
+                logits = last(ids[i + 1 - context // 2 : i + 1])
             else:
-                logits, _ = model(torch.tensor([ids[i : i + 1]]), cache=cache, last_only=True)
+                logits = last(ids[i : i + 1])
     return total / (len(ids) - 1)
 
 
@@ -292,6 +321,15 @@ def main() -> None:
     parser.add_argument("--eval-model", help="also compare eval loss in each dtype")
     parser.add_argument("--eval-text", type=Path, default=DATA)
     parser.add_argument("--stream-tokens", type=int, default=1000)
+    parser.add_argument(
+        "--torch-path", action="store_true", help="also our dtypes without the native step"
+    )
+    parser.add_argument(
+        "--llama-omp",
+        choices=["own", "ours"],
+        default="own",
+        help="llama.cpp's OpenMP settings: its own defaults (as users run it) or ours",
+    )
     args = parser.parse_args()
 
     n, p = args.new_tokens, args.prompt_tokens
@@ -304,7 +342,13 @@ def main() -> None:
         write_random_gpt2(directory, args.seed)
         ours = [Ours(directory, dtype) for dtype in dtypes]
         sides: list[Transformers | Ours] = [] if args.no_transformers else [Transformers(directory)]
+        if args.torch_path:
+            sides += [Ours(directory, dtype, native=False) for dtype in dtypes]
         sides += ours
+        llama_env = dict(os.environ)
+        if args.llama_omp == "own":
+            for name in {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} - INHERITED:
+                llama_env.pop(name, None)
         pairs: dict[str, LlamaBench] = {}  # our side's name -> its llama.cpp pair
         if llama is None:
             print("llama.cpp: skipped (no llama-bench on PATH; see --llama-bench and the README)")
@@ -313,12 +357,14 @@ def main() -> None:
             for side, dtype in zip(ours, dtypes, strict=True):
                 path = Path(tmp) / f"gpt2-{LLAMA_TYPES[dtype]}.gguf"
                 write_gguf(plain, path, LLAMA_TYPES[dtype])
-                pairs[side.name] = LlamaBench(llama, path, dtype, threads)
+                pairs[side.name] = LlamaBench(llama, path, dtype, threads, llama_env)
             del plain
         print(
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
             f"{torch.__version__}, {threads} threads, OMP_WAIT_POLICY="
-            f"{os.environ.get('OMP_WAIT_POLICY')}; auto = "
+            f"{os.environ.get('OMP_WAIT_POLICY')} (llama.cpp: "
+            f"{llama_env.get('OMP_WAIT_POLICY', 'unset')}); native step: "
+            f"{unavailable() or 'yes'}; auto = "
             f"{str(inference_dtype('auto', torch.device('cpu'))).removeprefix('torch.')}; "
             f"prompt {p} tokens, {n} new, greedy; load average {load()}"
         )

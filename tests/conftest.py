@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # Before torch loads (here and in every subprocess a test starts): OpenMP threads that spin
 # while they wait lose their core on a shared machine and slow every step many times over.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One build of the native decode step for the whole session (and its subprocesses), outside
+# the stores the tests make and outside the user's own store.
+os.environ.setdefault("GPTCLI_KERNELS", tempfile.mkdtemp(prefix="gptcli-kernels-"))
 
 import pytest
 from typer.testing import CliRunner

@@ -54,3 +54,24 @@ def test_int8_generate_and_eval_through_the_cli(trained_home: Path) -> None:
     shown = json.loads(run("models", "show", "--json").stdout)
     assert shown["inference_dtype"]["int8"] == "int8 x bfloat16"
     assert "int8: int8 weights" in run("models", "show").stdout
+
+
+def test_int8_on_widths_that_are_not_a_multiple_of_16() -> None:
+    # ATen's int8 kernel summed rows of 40 to inf and crashed on 100: those widths must still
+    # give float32's logits, give or take the rounding of int8 weights
+    from gptcli.config import ModelConfig
+    from gptcli.model import GPT
+
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    for width in (40, 100):
+        torch.manual_seed(0)
+        config = ModelConfig(family="gpt2", vocab_size=120, block_size=8, n_layer=1, n_head=2)
+        config.n_embd = width
+        reference = prepare_for_inference(GPT(config), torch.float32)
+        model = GPT(config)
+        model.load_state_dict(reference.state_dict())
+        prepare_for_inference(model, torch.int8)
+        with torch.no_grad():
+            want, got = reference(ids)[0], model(ids)[0].float()
+        assert torch.isfinite(got).all()
+        assert (got - want).abs().max() < 0.05 * want.abs().max(), width

@@ -13,6 +13,7 @@ import torch
 
 from gptcli.errors import GptError
 from gptcli.hardware import cpu_has_fast_bf16, cpu_is_amd
+from gptcli.kernels.step import NativeDecodeStep
 from gptcli.model import GPT, KVCache
 from gptcli.sample import (
     SamplingSettings,
@@ -244,13 +245,15 @@ def generate_batch(
     counts = None
     if settings.penalized:
         counts = TokenCounts(window, samples, model.config.vocab_size, device)
-    cache = model.new_cache(samples, context)
+    cache = model.new_cache(samples, context, zeroed=static)  # static steps read every slot
     slides = model.rotary and not static
 
     start = time.perf_counter()
-    logits = last_logits(model, torch.tensor([window], device=device), cache)
+    native = NativeDecodeStep.for_model(model, cache, samples) if not static else None
+    prompt_ids = torch.tensor([window], device=device)
+    logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
     logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample
-    step = None
+    step: StaticDecodeStep | NativeDecodeStep | None = native
     if static:
         step = StaticDecodeStep(model, cache, samples, capture=device.type == "cuda")
     if device.type == "cuda":
@@ -286,7 +289,7 @@ def generate_batch(
             cache.reset()
             keep = max(1, context // 2)
             recent = torch.tensor([h[-keep:] for h in history], device=device)
-            logits = last_logits(model, recent, cache)
+            logits = native(recent) if native else last_logits(model, recent, cache)
         elif step is not None:
             logits = step(next_ids)
         else:

@@ -47,10 +47,14 @@ class KVCache:
         max_len: int,
         device: torch.device,
         dtype: torch.dtype,
+        zeroed: bool = True,
     ) -> None:
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # `zeroed=False` leaves the memory as it comes, which is cheaper (the 124M shape's full
+        # cache is 75 MB), for users that read only the slots written (not the static layout)
+        make = torch.zeros if zeroed else torch.empty
+        self.k = make(shape, device=device, dtype=dtype)
+        self.v = make(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.pos = 0  # tokens seen (in static mode: kept by the caller)
         self.static = False
@@ -157,6 +161,11 @@ class PackedWeight:
         else:
             self.data, scales = quantize_int8(w)
             self.scales = scales.to(activations)
+            # ATen's kernel reads rows in blocks of 16: other widths got wrong sums (inf at 40)
+            # or crashed; those take the same int8 values through F.linear instead
+            self.dequantized = None
+            if w.size(1) % 16:
+                self.dequantized = (self.data.float() * scales[:, None]).to(activations)
 
     @staticmethod
     def fingerprint(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
@@ -180,6 +189,8 @@ class PackedWeight:
             return torch.ops.mkldnn._linear_pointwise(x, self.data, bias, "none", [], "")
         if self.kind == "rowblocks":
             return row_blocks_product(x, self.data, bias, self.blocks)
+        if self.dequantized is not None:
+            return F.linear(x, self.dequantized, bias)
         flat = x.reshape(-1, x.size(-1))
         y = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
         y = y.view(*x.shape[:-1], self.out_features)
@@ -494,14 +505,16 @@ class GPT(nn.Module):
             self.lm_head = head
         self.config.vocab_size = vocab_size
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, zeroed: bool = True
+    ) -> KVCache:
         """A cache in the weights' dtype, except on the CPU: there it is float32, where
         attention of one query runs several times faster than in bfloat16 (and scores stay
         exact), for a cache far smaller than the weights read each step."""
         p = next(self.parameters())
         size = max_len or self.config.block_size
         dtype = torch.float32 if p.device.type == "cpu" else p.dtype
-        return KVCache(self.config, batch_size, size, p.device, dtype)
+        return KVCache(self.config, batch_size, size, p.device, dtype, zeroed)
 
     # -- weights on disk ------------------------------------------------------------------
     def weights(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -105,9 +105,14 @@ def cpu_inference_dtypes() -> dict[str, str]:
     """What `--dtype auto` and `--dtype int8` run on this machine's CPU (as gptcli.generate
     decides, found without importing torch)."""
     from gptcli.hardware import cpu_has_fast_bf16
+    from gptcli.kernels import describe
 
     native = cpu_has_fast_bf16()
-    return {"auto": "bfloat16" if native else "float32", "int8": "int8 x bfloat16"}
+    return {
+        "auto": "bfloat16" if native else "float32",
+        "int8": "int8 x bfloat16",
+        "decode": describe(),
+    }
 
 
 def damage(error: str) -> str:
@@ -233,7 +238,8 @@ stopped (max_steps, max_time, interrupted, running), kept (the step whose weight
 step, val_loss, why), created, size_bytes, weights_bytes,
 train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
-inference_dtype {auto, int8} (what `--dtype auto` and `--dtype int8` run on this machine's CPU).
+inference_dtype {auto, int8, decode} (what `--dtype auto` and `--dtype int8` run on this
+machine's CPU, and what decodes one row there: the native step or torch's kernels).
 
 Example: gpt models show stories --plot stories-loss.png
 """
@@ -311,6 +317,7 @@ def print_summary(row: dict[str, Any]) -> None:
                 "int8: int8 weights, bfloat16 activations",
             )
         )
+        lines.append(("decode", f"one row on the CPU: {dtypes['decode']}"))
     else:
         lines.append(("weights", "none yet: the run has not saved a checkpoint"))
     data = row["data"]

@@ -1,0 +1,208 @@
+"""`NativeDecodeStep`: a GPT's prefill and one-token decode steps through `decode.c`, on the CPU.
+
+It reads the model's own tensors and its KV cache in place (pointers into torch's memory), so
+it needs nothing prepared beyond `prepare_for_inference`, and the torch path and this one can
+take turns on the same cache. `for_model` says whether a model
+and cache can use it: one row, on the CPU, float32 cache, weights in float32, bfloat16 or
+packed int8, plain `Linear` layers (no LoRA adapters).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from gptcli import kernels
+from gptcli.errors import GptError
+from gptcli.model import GPT, KVCache, Linear, rotary_at
+
+WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+P = ctypes.c_void_p
+
+
+class Matrix(ctypes.Structure):
+    _fields_ = [("w", P), ("scale", P), ("bias", P)]
+
+
+class Layer(ctypes.Structure):
+    _fields_ = [
+        ("ln1_w", P),
+        ("ln1_b", P),
+        ("ln2_w", P),
+        ("ln2_b", P),
+        ("q_norm", P),
+        ("k_norm", P),
+        ("attn", Matrix),
+        ("proj", Matrix),
+        ("fc", Matrix),
+        ("mlp_proj", Matrix),
+    ]
+
+
+class Model(ctypes.Structure):
+    _fields_ = [
+        ("n_layer", ctypes.c_int64),
+        ("n_embd", ctypes.c_int64),
+        ("n_head", ctypes.c_int64),
+        ("head_size", ctypes.c_int64),
+        ("vocab", ctypes.c_int64),
+        ("max_len", ctypes.c_int64),
+        ("family", ctypes.c_int32),
+        ("wtype", ctypes.c_int32),
+        ("ptype", ctypes.c_int32),
+        ("embed_norm", ctypes.c_int32),
+        ("eps", ctypes.c_float),
+        ("wte", P),
+        ("wpe", P),
+        ("ln_f_w", P),
+        ("ln_f_b", P),
+        ("head", Matrix),
+        ("k_cache", P),
+        ("v_cache", P),
+        ("layers", ctypes.POINTER(Layer)),
+    ]
+
+
+def matrices(model: GPT) -> list[torch.nn.Module]:
+    """The modules behind every matrix a decode step reads: four a block, and the head."""
+    out: list[torch.nn.Module] = [model.lm_head]
+    for block in model.transformer["h"]:
+        out += [block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj]
+    return out
+
+
+def weight_type(model: GPT) -> torch.dtype | None:
+    """The dtype the native step reads the model's matrices in, or None if it cannot (LoRA
+    adapters or other wrappers, packed weights that no longer match theirs, other dtypes)."""
+    linears = matrices(model)
+    if any(type(m) is not Linear for m in linears):
+        return None
+    packs = {m.packed.kind if m.packed is not None else None for m in linears}
+    if packs == {"int8"}:
+        fresh = all(m.packed is not None and m.packed.matches(m.weight) for m in linears)
+        return torch.int8 if fresh else None
+    if "int8" in packs:
+        return None
+    dtype = model.lm_head.weight.dtype
+    return dtype if dtype in (torch.float32, torch.bfloat16) else None
+
+
+class NativeDecodeStep:
+    """Calls the native step on `cache` (batch 1); `__call__` as `StaticDecodeStep`'s."""
+
+    @staticmethod
+    def for_model(model: GPT, cache: KVCache, rows: int) -> NativeDecodeStep | None:
+        """A native step for this model and cache, or None where torch's path must run."""
+        p = next(model.parameters())
+        if (
+            rows != 1
+            or cache.k.size(1) != 1
+            or p.device.type != "cpu"
+            or cache.k.dtype != torch.float32
+            or p.dtype not in (torch.float32, torch.bfloat16)
+            or weight_type(model) is None
+            or kernels.library() is None
+        ):
+            return None
+        return NativeDecodeStep(model, cache)
+
+    def __init__(self, model: GPT, cache: KVCache) -> None:
+        self.model, self.cache = model, cache
+        self.lib = kernels.library()
+        config = model.config
+        wtype = weight_type(model)
+        assert wtype is not None and self.lib is not None
+        self.keep: list[torch.Tensor] = []  # tensors whose memory the structure points into
+        blocks = model.transformer["h"]
+        self.layers = (Layer * config.n_layer)()
+        for i, block in enumerate(blocks):
+            layer = self.layers[i]
+            gpt2 = config.family == "gpt2"
+            layer.ln1_w = self.pointer(block.ln_1.weight)
+            layer.ln2_w = self.pointer(block.ln_2.weight)
+            if gpt2:
+                layer.ln1_b = self.pointer(block.ln_1.bias)
+                layer.ln2_b = self.pointer(block.ln_2.bias)
+            else:
+                layer.q_norm = self.pointer(block.attn.q_norm.weight)
+                layer.k_norm = self.pointer(block.attn.k_norm.weight)
+            layer.attn = self.matrix(block.attn.c_attn, wtype)
+            layer.proj = self.matrix(block.attn.c_proj, wtype)
+            layer.fc = self.matrix(block.mlp.c_fc, wtype)
+            layer.mlp_proj = self.matrix(block.mlp.c_proj, wtype)
+        ln_f = model.transformer["ln_f"]
+        self.struct = Model(
+            n_layer=config.n_layer,
+            n_embd=config.n_embd,
+            n_head=config.n_head,
+            head_size=config.head_size,
+            vocab=config.vocab_size,
+            max_len=cache.max_len,
+            family=0 if config.family == "gpt2" else 1,
+            wtype=WEIGHT_TYPES[wtype],
+            ptype=WEIGHT_TYPES[model.transformer["wte"].weight.dtype],
+            embed_norm=int(not isinstance(model.embed_norm, torch.nn.Identity)),
+            eps=config.layer_norm_eps if config.family == "gpt2" else 1e-6,
+            wte=self.pointer(model.transformer["wte"].weight),
+            wpe=self.pointer(model.transformer["wpe"].weight) if model.tied else None,
+            ln_f_w=self.pointer(ln_f.weight),
+            ln_f_b=self.pointer(getattr(ln_f, "bias", None)),
+            head=self.matrix(model.lm_head, wtype),
+            k_cache=self.pointer(cache.k),
+            v_cache=self.pointer(cache.v),
+            layers=self.layers,
+        )
+
+    def pointer(self, tensor: torch.Tensor | None) -> int | None:
+        if tensor is None:
+            return None
+        if not tensor.is_contiguous():
+            tensor = tensor.contiguous()
+        self.keep.append(tensor)
+        return tensor.data_ptr()
+
+    def matrix(self, linear: Linear, wtype: torch.dtype) -> Matrix:
+        if wtype == torch.int8:
+            packed = linear.packed
+            assert packed is not None and packed.scales is not None
+            weight, scale = packed.data, self.pointer(packed.scales.float())
+        else:
+            weight, scale = linear.weight, None
+        return Matrix(self.pointer(weight), scale, self.pointer(linear.bias))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (1, T) after the cached ones -> float32 logits (1, V) of the token after the
+        last; advances the cache by T. Several tokens (a prefill) read each weight once."""
+        cache, config = self.cache, self.model.config
+        ids = tokens.reshape(-1).to(torch.int64).contiguous()
+        pos, count = cache.pos, ids.numel()
+        if count > 1 and pos + count > cache.max_len:  # as KVCache.update refuses it
+            raise GptError(
+                f"a chunk of {count} tokens does not fit in the cache of {cache.max_len}"
+            )
+        if not self.model.rotary and pos + count > min(config.block_size, cache.max_len):
+            limit = min(config.block_size, cache.max_len)
+            raise GptError(f"sequence of {pos + count} tokens exceeds the context of {limit}")
+        cos = sin = None
+        if self.model.rotary:
+            if pos + count <= config.block_size:
+                cos = self.model.rope_cos[pos : pos + count]
+                sin = self.model.rope_sin[pos : pos + count]
+            else:
+                cos, sin = rotary_at(config, pos, count)
+        logits = torch.empty(1, config.vocab_size)
+        failed = self.lib.gptcli_forward(
+            ctypes.byref(self.struct),
+            P(ids.data_ptr()),
+            ctypes.c_int64(count),
+            ctypes.c_int64(pos),
+            P(cos.data_ptr() if cos is not None else None),
+            P(sin.data_ptr() if sin is not None else None),
+            P(logits.data_ptr()),
+            ctypes.c_int(torch.get_num_threads()),
+        )
+        if failed:
+            raise MemoryError("the native step could not allocate its buffers")
+        cache.pos += count
+        return logits
