@@ -248,9 +248,9 @@ def test_training_leaves_the_cores_other_work_keeps_busy(monkeypatch: pytest.Mon
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         torch.set_num_threads(2)
-        share_the_cores(0.3)
+        share_the_cores(0.2)
         assert torch.get_num_threads() == 2
-        share_the_cores(0.8)
+        share_the_cores(0.3)  # a quarter of a core busy elsewhere counts it as taken
         assert torch.get_num_threads() == 1
         torch.set_num_threads(2)
         share_the_cores(5.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -211,6 +212,9 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
         info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
 
 
+TAKEN_FROM = 0.75  # 1 - the share of a core busy elsewhere that counts it as taken
+
+
 def share_the_cores(busy_elsewhere: float) -> None:
     """Trains on the cores other work leaves free (at least one), unless OMP_NUM_THREADS says.
 
@@ -218,14 +222,19 @@ def share_the_cores(busy_elsewhere: float) -> None:
     step. On two cores shared with other work (load average 1.7 to 2.6), a step of the micro
     preset took 128 to 138 ms on one thread, 155 to 162 ms on two sleeping threads
     (OMP_WAIT_POLICY=PASSIVE), 90 to 654 ms on two spinning ones, and 760 to 820 ms with
-    GOMP_SPINCOUNT=30000. `busy_elsewhere`: cores other processes kept busy (hardware.CoreUse).
+    GOMP_SPINCOUNT=30000. The measure, over the second torch takes to load, varies (0.51,
+    1.01, 1.04 cores in three loads a few seconds apart, load average 1.8 to 2.1), and two
+    threads on a core that turns out busy cost far more than one thread on an idle machine
+    (1.4x), so a core counts as taken from a quarter of it busy. `busy_elsewhere`: cores other
+    processes kept busy (hardware.CoreUse).
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return
     import torch
 
     threads = torch.get_num_threads()
-    free = max(1, threads - round(busy_elsewhere))
+    taken = math.floor(busy_elsewhere + TAKEN_FROM)
+    free = max(1, threads - taken)
     if free < threads:
         torch.set_num_threads(free)
 
