@@ -162,3 +162,27 @@ def test_default_model_has_a_long_context_reached_by_seq_warmup(
     config = json.loads((home / "models" / "mini" / "config.json").read_text())
     assert config["dropout"] == 0.0 and record(home, "mini")["train"]["seq_warmup"] == 0.0
     assert set(shapes) == {(16, 64)}
+
+
+def test_a_short_cpu_budget_gets_the_micro_shape_and_short_run_rates(
+    home: Path, small: Path
+) -> None:
+    """--max-time up to 2 minutes on a CPU: 3 x 96 at context 256 with the short-run learning
+    rates (issue 18, B1); a learning-rate flag given keeps the general defaults for the rest."""
+    from gptcli.pretrain import SHORT_RUN_RATES
+
+    args = [str(small), "--tokenizer", "char", "--max-time", "2s", "--quiet"]
+    run("train", *args, "--name", "short")
+    config = json.loads((home / "models" / "short" / "config.json").read_text())
+    assert (config["preset"], config["n_layer"], config["n_embd"]) == ("micro", 3, 96)
+    assert config["block_size"] == 256
+    train = record(home, "short")["train"]
+    assert {k: train[k] for k in SHORT_RUN_RATES} == SHORT_RUN_RATES
+    assert train["batch_size"] == 8 and train["seq_warmup"] == 0.5
+
+    run("train", *args, "--name", "given", "--lr", "5e-3")
+    train = record(home, "given")["train"]
+    assert (train["lr"], train["muon_lr"], train["warmup_steps"]) == (5e-3, 0.02, 20)
+
+    run("train", *args[:-3], "--max-time", "3m", "--max-steps", "2", "--name", "longer", "--quiet")
+    assert json.loads((home / "models" / "longer" / "config.json").read_text())["preset"] == "mini"

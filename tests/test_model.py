@@ -96,3 +96,40 @@ def test_config_validation() -> None:
         ModelConfig(n_layer=-1)
     with pytest.raises(GptError, match="unknown keys"):
         ModelConfig.from_dict({"n_layers": 3})
+
+
+@pytest.mark.parametrize("norms", ["plain", "gains"])
+def test_cpu_training_kernels_give_the_librarys_gradients(
+    norms: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RMSNorm and ReLU² with their own backward (gptcli.fused, CPU training) give the loss
+    and every gradient that autograd through torch's kernels gives."""
+    from gptcli import fused
+
+    torch.manual_seed(0)
+    config = ModelConfig(
+        family="modern", vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, norms=norms
+    )
+    model = GPT(config).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    x, y = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = model(x, y)[1]
+        assert loss is not None
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    calls = []
+    own = fused.wants_own_backward
+    monkeypatch.setattr(fused, "wants_own_backward", lambda t: calls.append(1) or own(t))
+    ours, our_grads = loss_and_grads()
+    assert calls and own(torch.ones(1, requires_grad=True))
+    monkeypatch.setattr(fused, "wants_own_backward", lambda t: False)
+    theirs, their_grads = loss_and_grads()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    for name, grad in their_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -39,14 +39,15 @@ def test_optimizer_groups_cover_every_parameter_once(family: str) -> None:
         assert type(optimizers[0]).__name__ in ("Muon", "OwnMuon")
 
 
-def test_own_muon_matches_torch_muon() -> None:
+@pytest.mark.parametrize("ns_dtype", [torch.bfloat16, torch.float32])  # float32: the CPU's
+def test_own_muon_matches_torch_muon(ns_dtype: torch.dtype) -> None:
     if not hasattr(torch.optim, "Muon"):
         pytest.skip("this torch has no torch.optim.Muon")
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(48, 16))
     b = torch.nn.Parameter(a.detach().clone())
     theirs = torch.optim.Muon([a], lr=0.02, weight_decay=0.1)
-    ours = OwnMuon([b], lr=0.02, weight_decay=0.1)
+    ours = OwnMuon([b], lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype)
     for _ in range(5):
         grad = torch.randn(48, 16)
         a.grad, b.grad = grad.clone(), grad.clone()
@@ -233,3 +234,35 @@ def test_training_threads_sleep_only_on_busy_cores(
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # what the user set wins
     sleeping_omp_threads(only_when_busy=True)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_training_leaves_the_cores_other_work_keeps_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured cores busy elsewhere: training takes the rest (at least one thread); an idle
+    machine keeps every thread, and OMP_NUM_THREADS set by the user wins."""
+    import time
+
+    from gptcli.cli.train import share_the_cores
+    from gptcli.hardware import CoreUse
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(2)
+        share_the_cores(0.2)
+        assert torch.get_num_threads() == 2
+        share_the_cores(0.3)  # a quarter of a core busy elsewhere counts it as taken
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        share_the_cores(5.0)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        share_the_cores(1.5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    use = CoreUse()  # our own work is not counted as another's
+    end = time.perf_counter() + 0.4
+    while time.perf_counter() < end:
+        pass
+    assert 0.0 <= use.others() < (os.cpu_count() or 1)

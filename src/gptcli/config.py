@@ -112,6 +112,7 @@ class ModelConfig:
 # preset fixes it (gpt2).
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+    "micro": dict(n_layer=3, n_head=3, n_embd=96, block_size=256),  # --preset auto: CPU, < 2 min
     "mini": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
     "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
     "base": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),

@@ -1,9 +1,12 @@
-"""What this machine's CPU offers inference, found without importing torch (so that commands
-which only describe a model, such as `gpt models show`, stay fast)."""
+"""What this machine's CPU offers inference, and how busy its cores are, found without
+importing torch (so that commands which only describe a model, such as `gpt models show`, stay
+fast, and training can look at the cores before torch starts its threads)."""
 
 from __future__ import annotations
 
 import functools
+import os
+import time
 from pathlib import Path
 
 
@@ -41,3 +44,34 @@ def cpu_has_fast_bf16() -> bool:
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+class CoreUse:
+    """How many cores other processes kept busy since this was made: from /proc/stat's busy
+    time of every core, less this process's own CPU time (Linux; 0 elsewhere)."""
+
+    def __init__(self) -> None:
+        self.start = (time.perf_counter(), busy_seconds(), own_seconds())
+
+    def others(self) -> float:
+        wall, busy, own = self.start
+        elapsed = time.perf_counter() - wall
+        now = busy_seconds()
+        if now is None or busy is None or elapsed < 0.2:
+            return 0.0
+        return max(0.0, (now - busy) - (own_seconds() - own)) / elapsed
+
+
+def busy_seconds() -> float | None:
+    """Seconds every core together has spent on anything but idling and waiting for I/O."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+        ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds() -> float:
+    times = os.times()
+    return times.user + times.system

@@ -113,7 +113,7 @@ def make_optimizers(
             betas=(cfg.beta1, cfg.beta2),
             fused=fused,
         )
-        return [make_muon(hidden, cfg.muon_lr, cfg.weight_decay), adam]
+        return [make_muon(hidden, cfg.muon_lr, cfg.weight_decay, device), adam]
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},

@@ -1,7 +1,10 @@
 """Optimizers: Muon for the 2-D matrices inside the blocks, AdamW for everything else.
 
-`torch.optim.Muon` is used where the installed torch has it; `OwnMuon` is the same algorithm
-(momentum, then Newton-Schulz orthogonalisation of the update) for older versions.
+`OwnMuon` is Muon (momentum, then Newton-Schulz orthogonalisation of the update), for the CPU
+and for torch versions without `torch.optim.Muon`, which is used on accelerators. The
+iteration runs in bfloat16 there; on the CPU in float32, which is faster: the 16 matrices of
+the 4 x 128 model `gpt train` picks for two cores take 20 ms a step in float32 against 48 ms
+in bfloat16 on one core of an Intel Xeon with AVX512-BF16 (a fifth of the whole step before).
 """
 
 from __future__ import annotations
@@ -15,22 +18,28 @@ from torch import nn
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(update: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix."""
+def orthogonalize(
+    update: torch.Tensor,
+    steps: int = 5,
+    eps: float = 1e-7,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Quintic Newton-Schulz iteration towards the nearest semi-orthogonal matrix, in `dtype`."""
     a, b, c = NS_COEFFICIENTS
-    x = update.bfloat16()
+    x = update.to(dtype)
     transposed = x.size(0) > x.size(1)
     if transposed:
         x = x.T
     x = x / (x.norm() + eps)
     for _ in range(steps):
         gram = x @ x.T
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.T if transposed else x).to(update.dtype)
 
 
 class OwnMuon(torch.optim.Optimizer):
-    """Muon (Keller Jordan's), for torch versions without `torch.optim.Muon`."""
+    """Muon (Keller Jordan's), for the CPU and torch versions without `torch.optim.Muon`;
+    `ns_dtype`: the dtype of the Newton-Schulz iteration."""
 
     def __init__(
         self,
@@ -40,6 +49,7 @@ class OwnMuon(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.bfloat16,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -49,6 +59,7 @@ class OwnMuon(torch.optim.Optimizer):
             ns_steps=ns_steps,
         )
         super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> None:  # closure: unused
@@ -62,7 +73,7 @@ class OwnMuon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
-                update = orthogonalize(update, group["ns_steps"])
+                update = orthogonalize(update, group["ns_steps"], dtype=self.ns_dtype)
                 scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(update, alpha=-group["lr"] * scale)
@@ -80,7 +91,11 @@ def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return hidden, other
 
 
-def make_muon(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_muon(
+    params: list[nn.Parameter], lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.Optimizer:
+    if device.type == "cpu":
+        return OwnMuon(params, lr=lr, weight_decay=weight_decay, ns_dtype=torch.float32)
     if hasattr(torch.optim, "Muon"):
         return torch.optim.Muon(
             params, lr=lr, weight_decay=weight_decay, momentum=0.95, nesterov=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -140,7 +141,7 @@ Name = Annotated[
 Preset = Annotated[
     str,
     typer.Option(
-        help="Model size: auto (suits data, device and time), tiny, mini, small, base, gpt2."
+        help="Model size: auto (suits data, device and time), tiny, micro, mini, small, base, gpt2."
     ),
 ]
 Family = Annotated[
@@ -211,6 +212,33 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
         info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
 
 
+TAKEN_FROM = 0.75  # 1 - the share of a core busy elsewhere that counts it as taken
+
+
+def share_the_cores(busy_elsewhere: float) -> None:
+    """Trains on the cores other work leaves free (at least one), unless OMP_NUM_THREADS says.
+
+    OpenMP threads that wait for a core another process holds stall every parallel region of a
+    step. On two cores shared with other work (load average 1.7 to 2.6), a step of the micro
+    preset took 128 to 138 ms on one thread, 155 to 162 ms on two sleeping threads
+    (OMP_WAIT_POLICY=PASSIVE), 90 to 654 ms on two spinning ones, and 760 to 820 ms with
+    GOMP_SPINCOUNT=30000. The measure, over the second torch takes to load, varies (0.51,
+    1.01, 1.04 cores in three loads a few seconds apart, load average 1.8 to 2.1), and two
+    threads on a core that turns out busy cost far more than one thread on an idle machine
+    (1.4x), so a core counts as taken from a quarter of it busy. `busy_elsewhere`: cores other
+    processes kept busy (hardware.CoreUse).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    taken = math.floor(busy_elsewhere + TAKEN_FROM)
+    free = max(1, threads - taken)
+    if free < threads:
+        torch.set_num_threads(free)
+
+
 @training_flags("train", after="dropout")
 def train(
     ctx: typer.Context,
@@ -241,6 +269,9 @@ def train(
     **flags: Any,
 ) -> None:
     sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
+    from gptcli.hardware import CoreUse
+
+    use = CoreUse()  # how busy other work keeps the cores while torch loads
     from gptcli.config import FAMILIES, PRESETS
     from gptcli.store import check_name
 
@@ -265,6 +296,7 @@ def train(
 
     from gptcli.pretrain import TrainRequest
 
+    share_the_cores(use.others())
     request = TrainRequest(
         inputs=inputs,
         name=name,
@@ -278,6 +310,7 @@ def train(
         force=force,
         resume=resume,
         auto_batch=flags.get("batch_size") is None,
+        auto_rates=all(flags.get(k) is None for k in ("lr", "muon_lr", "warmup_steps")),
         config=settings,
     )
     run_training(request, quiet, json_out)
