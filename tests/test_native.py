@@ -97,6 +97,26 @@ def test_prefill_and_chunks_equal_the_forward_pass(family: str) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_low_precision_prefill_is_as_close_as_torch(family: str, dtype: torch.dtype) -> None:
+    # chunks of 4 tokens and more take the blocked products (four rows by four tokens)
+    reference = prepare_for_inference(tiny_model(family), torch.float32)
+    model = prepare_for_inference(tiny_model(family), dtype)
+    ids = torch.randint(0, 300, (1, 19), generator=torch.manual_seed(5))
+    with torch.inference_mode():
+        want = reference(ids, last_only=True)[0][0, -1]
+        torch_path = model(ids, last_only=True)[0][0, -1].float()
+        cache = model.new_cache(1, 24)
+        step = NativeDecodeStep.for_model(model, cache, 1)
+        assert step is not None
+        got = step(ids)[0]
+    scale = want.abs().max()
+    assert (torch_path - want).abs().max() < 0.05 * scale
+    assert (got - want).abs().max() < 1.2 * (torch_path - want).abs().max()
+
+
+@needs_native
 def test_modern_gains_norms_are_read() -> None:
     config = dataclasses.replace(tiny_model("modern").config, norms="gains")  # older models
     torch.manual_seed(3)

@@ -262,6 +262,42 @@ static inline void share(const Team *team, int64_t count, int64_t *lo, int64_t *
     *hi = count * (team->t + 1) / team->n;
 }
 
+#ifdef __AVX512F__
+/* four rows against four tokens at once (prefill): each weight vector loaded is used four
+   times, so the products are bound by the multiply-adds rather than by loads; cols % 32 == 0.
+   out[t * 4 + r]. x: float32 rows (f32) or bfloat16 ones (bf16) of `cols` each. */
+static void block_f32(const float *w, int64_t k, const float *x, float *out) {
+    __m512 a[4][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        __m512 wv[4], xv[4];
+        for (int r = 0; r < 4; r++) wv[r] = _mm512_loadu_ps(w + r * k + i);
+        for (int t = 0; t < 4; t++) xv[t] = _mm512_loadu_ps(x + t * k + i);
+        for (int t = 0; t < 4; t++)
+            for (int r = 0; r < 4; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv[t], a[t][r]);
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+#endif
+#ifdef __AVX512BF16__
+static void block_bf16(const bf16 *w, int64_t k, const bf16 *x, float *out) {
+    __m512 a[4][4];
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 32) {
+        __m512bh wv[4], xv[4];
+        for (int r = 0; r < 4; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * k + i);
+        for (int t = 0; t < 4; t++) xv[t] = (__m512bh)_mm512_loadu_si512(x + t * k + i);
+        for (int t = 0; t < 4; t++)
+            for (int r = 0; r < 4; r++) a[t][r] = _mm512_dpbf16_ps(a[t][r], wv[r], xv[t]);
+    }
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 4; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+#endif
+
 enum { PLAIN = 0, GELU = 1, RELU2 = 2, ADD = 3 };
 
 /* y[t] = act(W x[t] + b), or y[t] += W x[t] + b (ADD), for the `tokens` rows of x (cols
@@ -280,10 +316,26 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
         if (wide)
             for (int64_t i = 0; i < count * cols; i++)
                 wide[i] = (float)((const int8_t *)mat->w)[j0 * cols + i];
-        for (int64_t t = 0; t < tokens; t++) {
-            float out[4], *yt = y + t * rows;
+        for (int64_t t = 0; t < tokens;) {
+            float out[16];
+            int64_t n = 1; /* tokens done by this pass */
+#ifdef __AVX512F__
+            if (count == 4 && tokens - t >= 4 && cols % 32 == 0 && m->wtype != BF16) {
+                const float *w4 = wide ? wide : (const float *)mat->w + j0 * cols;
+                block_f32(w4, cols, x + t * cols, out);
+                n = 4;
+            }
+#endif
+#ifdef __AVX512BF16__
+            if (count == 4 && tokens - t >= 4 && cols % 32 == 0 && m->wtype == BF16) {
+                block_bf16((const bf16 *)mat->w + j0 * cols, cols, xb + t * cols, out);
+                n = 4;
+            }
+#endif
             const float *xt = x + t * cols;
-            if (wide)
+            if (n == 4)
+                ;
+            else if (wide)
                 rows_f32(wide, cols, xt, out, count);
             else if (m->wtype == F32)
                 rows_f32((const float *)mat->w + j0 * cols, cols, xt, out, count);
@@ -295,15 +347,19 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
 #else
                 rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, xt, out, count);
 #endif
-            for (int64_t r = 0; r < count; r++) {
-                int64_t j = j0 + r;
-                float v = out[r];
-                if (mat->scale) v *= mat->scale[j];
-                if (mat->bias) v += param(mat->bias, j, m->ptype);
-                if (mode == RELU2) v = v > 0 ? v * v : 0;
-                if (mode == ADD) yt[j] += v;
-                else yt[j] = v;
+            for (int64_t u = 0; u < n; u++) {
+                float *yt = y + (t + u) * rows;
+                for (int64_t r = 0; r < count; r++) {
+                    int64_t j = j0 + r;
+                    float v = out[u * 4 + r];
+                    if (mat->scale) v *= mat->scale[j];
+                    if (mat->bias) v += param(mat->bias, j, m->ptype);
+                    if (mode == RELU2) v = v > 0 ? v * v : 0;
+                    if (mode == ADD) yt[j] += v;
+                    else yt[j] = v;
+                }
             }
+            t += n;
         }
     }
     free(wide);
