@@ -93,6 +93,11 @@ def test_prefill_and_chunks_equal_the_forward_pass(family: str) -> None:
         torch.testing.assert_close(cache.v, torch_cache.v)
         with pytest.raises(GptError, match=r"exceeds the context|does not fit"):
             step(ids[:, :2])  # past the 24 slots: refused, as torch's path refuses it
+    with torch.inference_mode():
+        fresh = NativeDecodeStep.for_model(model, model.new_cache(1, 24), 1)
+        assert fresh is not None
+        with pytest.raises(GptError, match="out of range"):  # never read past the embedding
+            fresh(torch.tensor([[1, 300]]))
     assert cache.pos == 24
 
 

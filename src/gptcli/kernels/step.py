@@ -177,6 +177,8 @@ class NativeDecodeStep:
         cache, config = self.cache, self.model.config
         ids = tokens.reshape(-1).to(torch.int64).contiguous()
         pos, count = cache.pos, ids.numel()
+        if count and not 0 <= min(ids.tolist()) <= max(ids.tolist()) < config.vocab_size:
+            raise GptError(f"token id out of range for the vocabulary of {config.vocab_size}")
         if count > 1 and pos + count > cache.max_len:  # as KVCache.update refuses it
             raise GptError(
                 f"a chunk of {count} tokens does not fit in the cache of {cache.max_len}"
