@@ -8,9 +8,11 @@ string, max_tokens, cancelled by its caller) leaves its slot at once without hol
 
 Per token the engine does what `gptcli.generate.generate_batch` does for one sample (penalties
 from running counts, `sample_next_token` with the sequence's own generator, stop ids, text through
-`TextStream`), so a request running alone gets exactly the tokens `gpt generate` prints. Sequences
+`TextStream`), so a request running alone gets the tokens `gpt generate` prints. Sequences
 decoded side by side go through batched matrix products, whose float sums may differ from a
-lone row's in the last bits.
+lone row's in the last bits; so do the native CPU step's that `gpt generate` runs for one row
+(`gptcli.kernels`), which keeps bfloat16 and int8 models' activations in float32: where two
+logits nearly tie, such a model's tokens here and there may part.
 
 It knows nothing of HTTP or JSON: callers submit `Request`s and receive `Event`s through the
 `sink` callback they give (called on the engine's thread).
