@@ -13,13 +13,14 @@ they wait; see `sleeping_omp_threads`):
   then one native step a token (gptcli.kernels); with `--torch-path` also `gpt ... torch`, the
   same with one-token steps on torch's kernels (where no C compiler is found);
 - llama.cpp, where a `llama-bench` binary is on PATH or given with `--llama-bench`: the same
-  weights written to GGUF here (with the `gguf` package) as f32, bf16 and q8_0, each measured by
-  `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to its pair on our side. It runs
-  with its own OpenMP defaults, as users run it (threads that spin a while before they sleep),
-  unless the caller set OMP_WAIT_POLICY or GOMP_SPINCOUNT; `--llama-omp ours` gives it our
-  setting (sleeping threads) instead. Sleeping costs llama.cpp about half its speed on an idle
-  Firecracker VM (q8_0: 38 against 76 tok/s), where a wake-up takes about 150 us; spinning
-  costs it most of its speed on busy cores (f32 decode at load 12: 0.5 tok/s against 7).
+  weights written to GGUF here by `gpt models export`'s writer (gptcli.gguf_export) as f32, bf16
+  and q8_0, each measured by `llama-bench -p 32 -n 128 -t THREADS -r 1` once per run, next to
+  its pair on our side. It runs with its own OpenMP defaults, as users run it (threads that spin
+  a while before they sleep), unless the caller set OMP_WAIT_POLICY or GOMP_SPINCOUNT;
+  `--llama-omp ours` gives it our setting (sleeping threads) instead. Sleeping costs llama.cpp
+  about half its speed on an idle Firecracker VM (q8_0: 38 against 76 tok/s), where a wake-up
+  takes about 150 us; spinning costs it most of its speed on busy cores (f32 decode at load 12:
+  0.5 tok/s against 7).
 
 Prefill tok/s = prompt tokens / time to the first new token; decode tok/s = 127 / (time for 128
 new tokens - time for 1) on our side and transformers'; llama-bench's pp32 and tg128. Ratios are
@@ -83,8 +84,9 @@ def write_random_gpt2(directory: Path, seed: int) -> None:
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config())
     model.save_pretrained(directory)
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))} | {"<|endoftext|>": 50256}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab |= {"Ġt": len(vocab), "<|endoftext|>": 50256}  # one merge: llama.cpp wants some
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.save(str(directory / "tokenizer.json"))
@@ -135,73 +137,18 @@ class Ours:
 
 # -- llama.cpp -------------------------------------------------------------------------------
 LLAMA_TYPES = {"float32": "f32", "bfloat16": "bf16", "int8": "q8_0"}  # our dtype -> GGUF's
+EXPORT_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "int8": "q8_0"}  # for gguf_export
 
 
-def write_gguf(model: torch.nn.Module, path: Path, qtype: str) -> None:
-    """Our gpt2-family model as a llama.cpp GGUF file (architecture `gpt2`; tied head, so no
-    `output.weight`). Matrices in `qtype` (f32, bf16 or q8_0), norms, biases and positions in
-    f32, as llama.cpp's own converter and quantizer leave them. The vocabulary is byte-level
-    placeholders: llama-bench feeds token ids and never tokenizes text."""
-    import gguf
-    import numpy as np
+def write_gguf(directory: Path, path: Path, dtype: str) -> None:
+    """The model in `directory` as llama.cpp GGUF, as `gpt models export NAME FILE.gguf --dtype`
+    writes it: matrices in `dtype`'s GGUF pair, vectors and positions in f32."""
+    from gptcli.chat import load_template
+    from gptcli.gguf_export import write_gguf as export
 
-    config = model.config
-    types = {
-        "f32": gguf.GGMLQuantizationType.F32,
-        "bf16": gguf.GGMLQuantizationType.BF16,
-        "q8_0": gguf.GGMLQuantizationType.Q8_0,
-    }
-    writer = gguf.GGUFWriter(str(path), "gpt2")
-    writer.add_context_length(config.block_size)
-    writer.add_embedding_length(config.n_embd)
-    writer.add_feed_forward_length(4 * config.n_embd)
-    writer.add_block_count(config.n_layer)
-    writer.add_head_count(config.n_head)
-    writer.add_layer_norm_eps(config.layer_norm_eps)
-    writer.add_file_type({"f32": 0, "bf16": 32, "q8_0": 7}[qtype])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    from tokenizers import pre_tokenizers
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = alphabet + [f"<|t{i}|>" for i in range(len(alphabet), config.vocab_size)]
-    tokens[-1] = "<|endoftext|>"
-    writer.add_token_list(tokens)
-    writer.add_token_types([1] * (len(tokens) - 1) + [3])
-    writer.add_token_merges(["Ġ t"])
-    writer.add_bos_token_id(len(tokens) - 1)
-    writer.add_eos_token_id(len(tokens) - 1)
-    names = {
-        "transformer.wte.weight": "token_embd.weight",
-        "transformer.wpe.weight": "position_embd.weight",
-        "transformer.ln_f.weight": "output_norm.weight",
-        "transformer.ln_f.bias": "output_norm.bias",
-    }
-    parts = {
-        "ln_1": "attn_norm",
-        "attn.c_attn": "attn_qkv",
-        "attn.c_proj": "attn_output",
-        "ln_2": "ffn_norm",
-        "mlp.c_fc": "ffn_up",
-        "mlp.c_proj": "ffn_down",
-    }
-    for key, value in model.weights().items():
-        if key in names:
-            name = names[key]
-        else:  # transformer.h.{i}.{part}.{weight,bias}
-            _, _, layer, rest = key.split(".", 3)
-            part, kind = rest.rsplit(".", 1)
-            name = f"blk.{layer}.{parts[part]}.{kind}"
-        data = value.float().numpy()
-        if data.ndim == 2 and name != "position_embd.weight" and qtype != "f32":
-            packed = gguf.quants.quantize(data, types[qtype])
-            writer.add_tensor(name, packed, raw_dtype=types[qtype])
-        else:
-            writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    loaded = load_model(directory)
+    template = load_template(directory, loaded.tokenizer)
+    export(path, loaded.model, loaded.tokenizer, "gpt2-random", EXPORT_DTYPES[dtype], template)
 
 
 class LlamaBench:
@@ -353,12 +300,10 @@ def main() -> None:
         if llama is None:
             print("llama.cpp: skipped (no llama-bench on PATH; see --llama-bench and the README)")
         else:
-            plain = load_model(directory).model
             for side, dtype in zip(ours, dtypes, strict=True):
                 path = Path(tmp) / f"gpt2-{LLAMA_TYPES[dtype]}.gguf"
-                write_gguf(plain, path, LLAMA_TYPES[dtype])
+                write_gguf(directory, path, dtype)
                 pairs[side.name] = LlamaBench(llama, path, dtype, threads, llama_env)
-            del plain
         print(
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
             f"{torch.__version__}, {threads} threads, OMP_WAIT_POLICY="
