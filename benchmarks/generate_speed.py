@@ -207,7 +207,7 @@ def streamed_loss(model: torch.nn.Module, ids: list[int]) -> float:
 
     context = model.config.block_size
     cache = model.new_cache(1)
-    native = NativeDecodeStep.for_model(model, cache, 1)  # what generation runs, where it can
+    native = NativeDecodeStep.for_model(model, cache)  # what generation runs, where it can
 
     def last(chunk: list[int]) -> torch.Tensor:  # (V,) float32 logits after the chunk
         tokens = torch.tensor([chunk])

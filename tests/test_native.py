@@ -41,7 +41,7 @@ def step_errors(family: str, dtype: torch.dtype, steps: int) -> tuple[float, flo
     with torch.inference_mode():
         for m, cache in zip((reference, model, model), caches, strict=True):
             m(ids[:, :5], cache=cache)
-        step = NativeDecodeStep.for_model(model, caches[2], 1)
+        step = NativeDecodeStep.for_model(model, caches[2])
         assert step is not None
         for t in range(5, 5 + steps):
             token = ids[:, t : t + 1]
@@ -84,7 +84,7 @@ def test_prefill_and_chunks_equal_the_forward_pass(family: str) -> None:
     ids = torch.randint(0, 300, (1, 24), generator=torch.manual_seed(4))
     with torch.inference_mode():
         torch_cache, cache = model.new_cache(1, 24), model.new_cache(1, 24)
-        step = NativeDecodeStep.for_model(model, cache, 1)
+        step = NativeDecodeStep.for_model(model, cache)
         assert step is not None
         for lo, hi in ((0, 12), (12, 20), (20, 21), (21, 24)):  # a prompt, a chunk, steps
             want = model(ids[:, lo:hi], cache=torch_cache, last_only=True)[0][:, -1]
@@ -94,7 +94,7 @@ def test_prefill_and_chunks_equal_the_forward_pass(family: str) -> None:
         with pytest.raises(GptError, match=r"exceeds the context|does not fit"):
             step(ids[:, :2])  # past the 24 slots: refused, as torch's path refuses it
     with torch.inference_mode():
-        fresh = NativeDecodeStep.for_model(model, model.new_cache(1, 24), 1)
+        fresh = NativeDecodeStep.for_model(model, model.new_cache(1, 24))
         assert fresh is not None
         with pytest.raises(GptError, match="out of range"):  # never read past the embedding
             fresh(torch.tensor([[1, 300]]))
@@ -113,7 +113,7 @@ def test_low_precision_prefill_is_as_close_as_torch(family: str, dtype: torch.dt
         want = reference(ids, last_only=True)[0][0, -1]
         torch_path = model(ids, last_only=True)[0][0, -1].float()
         cache = model.new_cache(1, 24)
-        step = NativeDecodeStep.for_model(model, cache, 1)
+        step = NativeDecodeStep.for_model(model, cache)
         assert step is not None
         got = step(ids)[0]
     scale = want.abs().max()
@@ -135,7 +135,7 @@ def test_modern_gains_norms_are_read() -> None:
     with torch.inference_mode():
         cache = model.new_cache(1, 16)
         model(ids[:, :4], cache=cache)
-        step = NativeDecodeStep.for_model(model, cache, 1)
+        step = NativeDecodeStep.for_model(model, cache)
         assert step is not None
         got = torch.cat([step(ids[:, t : t + 1]) for t in range(4, 8)])
         want = model(ids)[0][0, 4:]
@@ -154,9 +154,9 @@ def test_greedy_generation_is_the_same_with_and_without_it(monkeypatch) -> None:
 
 def test_it_stands_aside_where_it_cannot_run() -> None:
     model = prepare_for_inference(tiny_model("gpt2"), torch.float32)
-    assert NativeDecodeStep.for_model(model, model.new_cache(2, 16), 2) is None  # two rows
+    assert NativeDecodeStep.for_model(model, model.new_cache(2, 16)) is None  # two rows
     apply_lora(model, rank=2)  # adapters: torch's path
-    assert NativeDecodeStep.for_model(model, model.new_cache(1, 16), 1) is None
+    assert NativeDecodeStep.for_model(model, model.new_cache(1, 16)) is None
 
 
 def test_without_a_compiler_generation_uses_torch(

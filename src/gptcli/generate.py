@@ -249,7 +249,7 @@ def generate_batch(
     slides = model.rotary and not static
 
     start = time.perf_counter()
-    native = NativeDecodeStep.for_model(model, cache, samples) if not static else None
+    native = NativeDecodeStep.for_model(model, cache) if not static else None
     prompt_ids = torch.tensor([window], device=device)
     logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
     logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample

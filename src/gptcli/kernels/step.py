@@ -92,27 +92,26 @@ class NativeDecodeStep:
     """Calls the native step on `cache` (batch 1); `__call__` as `StaticDecodeStep`'s."""
 
     @staticmethod
-    def for_model(model: GPT, cache: KVCache, rows: int) -> NativeDecodeStep | None:
-        """A native step for this model and cache, or None where torch's path must run."""
+    def for_model(model: GPT, cache: KVCache) -> NativeDecodeStep | None:
+        """A native step for this model and a cache of one row, or None where torch's path
+        must run."""
         p = next(model.parameters())
         if (
-            rows != 1
-            or cache.k.size(1) != 1
+            cache.k.size(1) != 1
             or p.device.type != "cpu"
             or cache.k.dtype != torch.float32
             or p.dtype not in (torch.float32, torch.bfloat16)
-            or weight_type(model) is None
-            or kernels.library() is None
         ):
             return None
-        return NativeDecodeStep(model, cache)
-
-    def __init__(self, model: GPT, cache: KVCache) -> None:
-        self.model, self.cache = model, cache
-        self.lib = kernels.library()
-        config = model.config
         wtype = weight_type(model)
-        assert wtype is not None and self.lib is not None
+        lib = kernels.library() if wtype is not None else None
+        if wtype is None or lib is None:
+            return None
+        return NativeDecodeStep(model, cache, wtype, lib)
+
+    def __init__(self, model: GPT, cache: KVCache, wtype: torch.dtype, lib: ctypes.CDLL) -> None:
+        self.model, self.cache, self.lib = model, cache, lib
+        config = model.config
         self.keep: list[torch.Tensor] = []  # tensors whose memory the structure points into
         blocks = model.transformer["h"]
         self.layers = (Layer * config.n_layer)()
@@ -177,7 +176,8 @@ class NativeDecodeStep:
         cache, config = self.cache, self.model.config
         ids = tokens.reshape(-1).to(torch.int64).contiguous()
         pos, count = cache.pos, ids.numel()
-        if count and not 0 <= min(ids.tolist()) <= max(ids.tolist()) < config.vocab_size:
+        listed = ids.tolist()
+        if count and not 0 <= min(listed) <= max(listed) < config.vocab_size:
             raise GptError(f"token id out of range for the vocabulary of {config.vocab_size}")
         if count > 1 and pos + count > cache.max_len:  # as KVCache.update refuses it
             raise GptError(
