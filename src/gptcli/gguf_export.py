@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from gptcli.model import GPT
     from gptcli.tokenizer import Tokenizer
 
-DTYPES = ("float32", "float16", "bfloat16", "q8_0")
+# --dtype -> (the matrices' GGML type, the file's llama.cpp type), by their names in `gguf`
+GGUF_TYPES = {
+    "float32": ("F32", "ALL_F32"),
+    "float16": ("F16", "MOSTLY_F16"),
+    "bfloat16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
+DTYPES = tuple(GGUF_TYPES)
 # our block names -> llama.cpp's (MODEL_TENSOR members of the gguf package)
 BLOCK_TENSORS = {
     "ln_1": "ATTN_NORM",
@@ -109,12 +116,7 @@ def tensor_name(gguf: Any, ours: str) -> str:
 def encode_tensor(gguf: Any, name: str, data: np.ndarray, dtype: str) -> tuple[np.ndarray, Any]:
     """(data as written, its GGML type) for one tensor under `dtype`."""
     types = gguf.GGMLQuantizationType
-    qtype = {
-        "float32": types.F32,
-        "float16": types.F16,
-        "bfloat16": types.BF16,
-        "q8_0": types.Q8_0,
-    }[dtype]
+    qtype = getattr(types, GGUF_TYPES[dtype][0])
     if data.ndim == 1 or name.startswith("position_embd"):
         qtype = types.F32
     elif qtype == types.Q8_0 and data.shape[-1] % 32:
@@ -151,13 +153,7 @@ def write_gguf(
     gguf = import_gguf()
     check_dtype(dtype)
     config = model.config
-    file_types = gguf.LlamaFileType
-    file_type = {
-        "float32": file_types.ALL_F32,
-        "float16": file_types.MOSTLY_F16,
-        "bfloat16": file_types.MOSTLY_BF16,
-        "q8_0": file_types.MOSTLY_Q8_0,
-    }[dtype]
+    file_type = getattr(gguf.LlamaFileType, GGUF_TYPES[dtype][1])
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2])
         writer.add_name(name)
