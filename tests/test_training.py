@@ -266,3 +266,39 @@ def test_training_leaves_the_cores_other_work_keeps_busy(monkeypatch: pytest.Mon
     while time.perf_counter() < end:
         pass
     assert 0.0 <= use.others() < (os.cpu_count() or 1)
+
+
+FAULTS_PER_STEP = """
+import resource, sys, torch
+from gptcli.config import ModelConfig
+from gptcli.hardware import keep_freed_memory
+from gptcli.model import GPT
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.manual_seed(0)
+config = ModelConfig(family="modern", vocab_size=65, block_size=256, n_layer=1, n_head=3, n_embd=96)
+model = GPT(config)
+opt = torch.optim.AdamW(model.parameters())
+x = torch.randint(0, 65, (8, 256))
+def step():
+    model(x, targets=x)[1].backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc settings")
+def test_cpu_training_keeps_freed_memory_for_the_next_step() -> None:
+    """A fresh process per setting: mallopt is process-wide, and earlier tests set it here."""
+
+    def faults(mode: str) -> float:
+        cmd = [sys.executable, "-c", FAULTS_PER_STEP, mode]
+        return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+    given_back, kept = faults("default"), faults("keep")
+    assert kept < given_back / 3, (kept, given_back)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,3 +76,33 @@ def busy_seconds() -> float | None:
 def own_seconds() -> float:
     times = os.times()
     return times.user + times.system
+
+
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap, and
+TRIM_THRESHOLD = 1 << 30  # up to 1 GiB freed at its top is kept for the next step
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Asks glibc's malloc to keep the memory a training step frees for the next one, instead
+    of handing it back to the kernel; True where it could (Linux with glibc).
+
+    By default glibc maps each block over a few hundred KiB afresh and unmaps it when freed, so
+    every step of CPU training touches new, zeroed pages: on two cores of an Intel Xeon the
+    micro preset's step (8 x 256 tokens) took 4,950 page faults and 20 ms of kernel time; with
+    these thresholds, 45 and 1.5 ms. The cost is memory kept at the step's peak, which the next
+    step needs again anyway.
+    """
+    if sys.platform != "linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)  # the process's own C library
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
+        mallopt(m_trim_threshold, TRIM_THRESHOLD)
+    )

@@ -33,6 +33,7 @@ from gptcli.checkpoint import (
 )
 from gptcli.config import TrainConfig
 from gptcli.errors import GptError
+from gptcli.hardware import keep_freed_memory
 from gptcli.loop import (
     BatchSource,
     Diverged,
@@ -145,6 +146,8 @@ def execute(
             log = silent
         job.check(store)
         device = dist.setup(pick_device(job.cfg.device))
+        if device.type == "cpu":
+            keep_freed_memory()
         run = job.prepare(store, device, dist, log)
         target = store.model_dir(job.name)
         optimizers = make_optimizers(run.model, run.cfg, device)
