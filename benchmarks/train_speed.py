@@ -80,6 +80,7 @@ def measure(name: str, flags: list[str], env: dict[str, str]) -> dict:
         "wall_s": round(wall, 1),
         "train_s": train["seconds"],
         "steps": train["steps"],
+        "threads": train.get("threads", "-"),
         "params": train["params"],
         "val_loss": round(score["loss"], 4),
     }
@@ -111,11 +112,14 @@ def main() -> None:
         f"torch threads default; load average {load[0]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after; budget {' '.join(budget)}"
     )
-    print(f"{'run':<20} {'wall s':>8} {'train s':>8} {'steps':>6} {'params':>9} {'val loss':>9}")
+    print(
+        f"{'run':<20} {'wall s':>8} {'train s':>8} {'steps':>6} {'threads':>7} {'params':>9} "
+        f"{'val loss':>9}"
+    )
     for r in rows:
         print(
             f"{r['run']:<20} {r['wall_s']:>8} {r['train_s']:>8} {r['steps']:>6} "
-            f"{r['params']:>9,} {r['val_loss']:>9}"
+            f"{r['threads']:>7} {r['params']:>9,} {r['val_loss']:>9}"
         )
 
 

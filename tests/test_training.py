@@ -248,10 +248,11 @@ def test_training_leaves_the_cores_other_work_keeps_busy(monkeypatch: pytest.Mon
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         torch.set_num_threads(2)
-        share_the_cores(0.2)
+        assert share_the_cores(0.2) is None
         assert torch.get_num_threads() == 2
-        share_the_cores(0.3)  # a quarter of a core busy elsewhere counts it as taken
+        said = share_the_cores(0.3)  # a quarter of a core busy elsewhere counts it as taken
         assert torch.get_num_threads() == 1
+        assert said is not None and said.startswith("training on 1 of 2 threads")
         torch.set_num_threads(2)
         share_the_cores(5.0)
         assert torch.get_num_threads() == 1

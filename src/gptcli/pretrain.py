@@ -168,6 +168,7 @@ class TrainRequest:
             f"model: {config.family} {config.preset}, {model.num_params() / 1e6:.2f}M "
             f"parameters, context {config.block_size}, on {device.type}"
             + (f" x{dist.world}" if dist.enabled else "")
+            + (f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
         )
         train, val = token_batches(corpus, cfg, config.block_size, device, dist)
         record = continued(
@@ -187,7 +188,8 @@ class TrainRequest:
             cfg,
             record,
             sample_prompt=prompt_from(texts, cfg),
-            summary={"params": model.num_params(), "train_tokens": n_train},
+            summary={"params": model.num_params(), "train_tokens": n_train}
+            | ({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
         )
 
 

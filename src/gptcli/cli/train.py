@@ -215,7 +215,7 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
 TAKEN_FROM = 0.75  # 1 - the share of a core busy elsewhere that counts it as taken
 
 
-def share_the_cores(busy_elsewhere: float) -> None:
+def share_the_cores(busy_elsewhere: float) -> str | None:
     """Trains on the cores other work leaves free (at least one), unless OMP_NUM_THREADS says.
 
     OpenMP threads that wait for a core another process holds stall every parallel region of a
@@ -226,17 +226,23 @@ def share_the_cores(busy_elsewhere: float) -> None:
     1.01, 1.04 cores in three loads a few seconds apart, load average 1.8 to 2.1), and two
     threads on a core that turns out busy cost far more than one thread on an idle machine
     (1.4x), so a core counts as taken from a quarter of it busy. `busy_elsewhere`: cores other
-    processes kept busy (hardware.CoreUse).
+    processes kept busy (hardware.CoreUse). Returns the line that says so when it gives cores
+    up, None otherwise.
     """
     if os.environ.get("OMP_NUM_THREADS"):
-        return
+        return None
     import torch
 
     threads = torch.get_num_threads()
     taken = math.floor(busy_elsewhere + TAKEN_FROM)
     free = max(1, threads - taken)
-    if free < threads:
-        torch.set_num_threads(free)
+    if free >= threads:
+        return None
+    torch.set_num_threads(free)
+    return (
+        f"training on {free} of {threads} threads: other work keeps {busy_elsewhere:.1f} "
+        "cores busy (OMP_NUM_THREADS sets the count)"
+    )
 
 
 @training_flags("train", after="dropout")
@@ -296,7 +302,9 @@ def train(
 
     from gptcli.pretrain import TrainRequest
 
-    share_the_cores(use.others())
+    shared = share_the_cores(use.others())
+    if shared:
+        info(shared, quiet)
     request = TrainRequest(
         inputs=inputs,
         name=name,
