@@ -303,3 +303,26 @@ def test_cpu_training_keeps_freed_memory_for_the_next_step() -> None:
 
     given_back, kept = faults("default"), faults("keep")
     assert kept < given_back / 3, (kept, given_back)
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_training_commands_leave_busy_cores_to_other_work(
+    command: str, base_home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcli.hardware import CoreUse
+
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one thread: no core to give up")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(CoreUse, "others", lambda self: 1.0)  # one core kept busy elsewhere
+    start = ["train", str(corpus), "--tokenizer", "char", "--preset", "tiny", "--block-size", "32"]
+    if command == "finetune":
+        start = ["finetune", "tiny", str(corpus)]
+    try:
+        result = run(*start, "--name", "shared", "--max-steps", "2", "--batch-size", "8")
+        used = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert used == threads - 1
+    assert f"training on {threads - 1} of {threads} threads" in result.stderr

@@ -16,7 +16,7 @@ from gptcli.cli.runconfig import (
     print_config,
     resolved_config,
 )
-from gptcli.cli.train import run_training
+from gptcli.cli.train import run_training, train_on_free_cores
 from gptcli.cli.trainflags import (
     Force,
     Inputs,
@@ -82,6 +82,9 @@ def finetune(
     **flags: Any,
 ) -> None:
     sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
+    from gptcli.hardware import CoreUse
+
+    use = CoreUse()  # how busy other work keeps the cores while torch loads
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 
@@ -109,6 +112,7 @@ def finetune(
 
     from gptcli.finetune import FinetuneRequest
 
+    train_on_free_cores(use, quiet)
     request = FinetuneRequest(
         base=base,
         inputs=inputs,

@@ -35,6 +35,7 @@ from gptcli.cli.trainflags import (
 from gptcli.errors import GptError
 
 if TYPE_CHECKING:
+    from gptcli.hardware import CoreUse
     from gptcli.run import Job
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
@@ -245,6 +246,13 @@ def share_the_cores(busy_elsewhere: float) -> str | None:
     )
 
 
+def train_on_free_cores(use: CoreUse, quiet: bool) -> None:
+    """`share_the_cores` with what `use` measured while torch loaded, saying so on stderr."""
+    said = share_the_cores(use.others())
+    if said:
+        info(said, quiet)
+
+
 @training_flags("train", after="dropout")
 def train(
     ctx: typer.Context,
@@ -302,9 +310,7 @@ def train(
 
     from gptcli.pretrain import TrainRequest
 
-    shared = share_the_cores(use.others())
-    if shared:
-        info(shared, quiet)
+    train_on_free_cores(use, quiet)
     request = TrainRequest(
         inputs=inputs,
         name=name,
