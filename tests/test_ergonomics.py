@@ -68,6 +68,31 @@ def test_config_file_then_command_line(home: Path, corpus: Path, tmp_path: Path)
     assert json.loads(again)["steps"] == 7
 
 
+def test_settings_leave_what_preset_auto_chooses_to_it(
+    home: Path, corpus: Path, tmp_path: Path
+) -> None:
+    # a short CPU budget: --preset auto picks micro with its own batch size and rates
+    args = [str(corpus), "--tokenizer", "char", "--max-time", "60s", "--max-steps", "3"]
+    printed = run("train", *args, "--print-config").stdout
+    chosen = ["batch_size", "lr", "muon_lr", "warmup_steps"]
+    assert not set(chosen) & tomllib.loads(printed).keys()
+    note = f"# chosen with the model by --preset auto: {', '.join(chosen)}"
+    assert printed.splitlines()[-1] == note
+    run("train", *args, "--name", "first", "--quiet")
+    first = json.loads((home / "models/first/train.json").read_text())
+    assert first["train"]["batch_size"] == 8 and first["train"]["lr"] == 1e-2  # not 16, 3e-3
+    # the stored settings (what `models show` prints as a file for --config) run the same run
+    settings = write_config(tmp_path / "again.toml", **{**first["config"], "name": "again"})
+    run("train", "--config", str(settings), "--quiet")
+    again = json.loads((home / "models/again/train.json").read_text())
+    assert again["train"] == first["train"]
+    # a batch size given is written out, and then the shape leaves it alone
+    printed = run("train", *args, "--batch-size", "4", "--lr", "1e-3", "--print-config").stdout
+    values = tomllib.loads(printed)
+    assert values["batch_size"] == 4 and values["lr"] == 1e-3 and values["muon_lr"] == 0.02
+    assert "# chosen" not in printed
+
+
 def test_config_file_errors(home: Path, corpus: Path, tmp_path: Path) -> None:
     bad_key = write_config(tmp_path / "a.toml", max_steps=3, bogus=1)
     result = run("train", str(corpus), "--config", str(bad_key), code=1)

@@ -246,6 +246,22 @@ def share_the_cores(busy_elsewhere: float) -> str | None:
     )
 
 
+RATE_SETTINGS = ("lr", "muon_lr", "warmup_steps")  # chosen together, or not at all
+
+
+def chosen_with_the_shape(preset: str, flags: dict[str, Any]) -> list[str]:
+    """The settings `--preset auto` chooses along with the model: the batch size unless one is
+    given, and the rates unless one of them is. They are left out of the run's settings
+    (--print-config, `models show`), so that a run from that file makes the same choice
+    instead of taking the general defaults."""
+    if preset != "auto":
+        return []
+    chosen = [] if flags.get("batch_size") is not None else ["batch_size"]
+    if all(flags.get(key) is None for key in RATE_SETTINGS):
+        chosen += RATE_SETTINGS
+    return chosen
+
+
 def train_on_free_cores(use: CoreUse, quiet: bool) -> None:
     """`share_the_cores` with what `use` measured while torch loaded, saying so on stderr."""
     said = share_the_cores(use.others())
@@ -302,8 +318,12 @@ def train(
     settings = resolved_config(
         ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs), "name": name}
     )
+    chosen = chosen_with_the_shape(preset, flags)
+    settings = {k: v for k, v in settings.items() if k not in chosen}
     if print_config_:
         print_config(settings)
+        if chosen:
+            typer.echo(f"# chosen with the model by --preset auto: {', '.join(chosen)}")
         return
     if not inputs:
         raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
@@ -323,8 +343,8 @@ def train(
         dropout=dropout,
         force=force,
         resume=resume,
-        auto_batch=flags.get("batch_size") is None,
-        auto_rates=all(flags.get(k) is None for k in ("lr", "muon_lr", "warmup_steps")),
+        auto_batch="batch_size" in chosen,
+        auto_rates="lr" in chosen,
         config=settings,
     )
     run_training(request, quiet, json_out)
