@@ -84,8 +84,8 @@ def own_seconds() -> float:
     return times.user + times.system
 
 
-MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap, and
-TRIM_THRESHOLD = 1 << 30  # up to 1 GiB freed at its top is kept for the next step
+MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: blocks up to 32 MiB come from the heap
+TRIM_THRESHOLD = 1 << 30  # and up to 1 GiB freed at its top is kept for the next step
 
 
 @functools.cache

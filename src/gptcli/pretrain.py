@@ -96,8 +96,9 @@ class TrainRequest:
     dropout: float | None = None
     force: bool = False
     resume: bool = False
-    auto_batch: bool = False  # the batch size was not given: the chosen shape may set it
+    auto_batch: bool = False  # --preset auto, no batch size given: the shape may set it
     auto_rates: bool = False  # nor --lr, --muon-lr, --warmup-steps: the shape may set them
+    # (and the cooldown, which no flag sets)
     config: dict[str, Any] | None = None  # the command's settings, as --print-config shows them
 
     def check(self, store: ModelStore) -> None:

@@ -247,11 +247,13 @@ def share_the_cores(busy_elsewhere: float) -> str | None:
 
 
 RATE_SETTINGS = ("lr", "muon_lr", "warmup_steps")  # chosen together, or not at all
+SHAPE_NOTE = "(set with the model where it picks them, else the defaults)"
 
 
 def chosen_with_the_shape(preset: str, flags: dict[str, Any]) -> list[str]:
-    """The settings `--preset auto` chooses along with the model: the batch size unless one is
-    given, and the rates unless one of them is. They are left out of the run's settings
+    """The settings `--preset auto` may choose along with the model (where it picks one for
+    short CPU runs, see `pretrain.choose_shape`; else the defaults stand): the batch size unless
+    one is given, and the rates unless one of them is. They are left out of the run's settings
     (--print-config, `models show`), so that a run from that file makes the same choice
     instead of taking the general defaults."""
     if preset != "auto":
@@ -323,7 +325,7 @@ def train(
     if print_config_:
         print_config(settings)
         if chosen:
-            typer.echo(f"# chosen with the model by --preset auto: {', '.join(chosen)}")
+            typer.echo(f"# left to --preset auto: {', '.join(chosen)} {SHAPE_NOTE}")
         return
     if not inputs:
         raise missing(ctx, "argument 'FILE_OR_DIR...'", "inputs")
