@@ -11,8 +11,11 @@ over 2000 steps, no dropout. `gptcli-context-64` is the default before the conte
 On a busy machine time budgets measure the load more than the recipe: `--max-steps N` gives our
 runs a step budget instead (N = the steps an idle machine makes in the time, e.g. 430 in 45 s),
 which compares the recipes per step, not per second. The load average is printed with the table.
+Where the machine's speed varies from run to run (a shared VM), `--runs N` repeats our sides N
+times, interleaved, and prints each side's median and range.
 
-    python benchmarks/train_speed.py [--max-time 45s | --max-steps 430] [--skip-reference]
+    python benchmarks/train_speed.py [--max-time 45s | --max-steps 430] [--runs 3]
+        [--skip-reference] [--skip-old]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,22 +63,23 @@ def gpt(*args: str, env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(name: str, flags: list[str], env: dict[str, str]) -> dict:
+def measure(name: str, flags: list[str], env: dict[str, str], run: int = 0) -> dict:
     start = time.perf_counter()
+    stored = f"{name}-{run}"
     train = gpt(
         "train",
         str(DATA),
         "--tokenizer",
         "char",
         "--name",
-        name,
+        stored,
         "--json",
         "--quiet",
         *flags,
         env=env,
     )
     wall = time.perf_counter() - start
-    score = gpt("eval", name, "--json", env=env)
+    score = gpt("eval", stored, "--json", env=env)
     return {
         "run": name,
         "wall_s": round(wall, 1),
@@ -95,6 +100,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="instead of --max-time")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-old", action="store_true", help="no gptcli-context-64 row")
+    parser.add_argument(
+        "--runs", type=int, default=1, help="runs of our sides, interleaved, with their medians"
+    )
     args = parser.parse_args()
     budget = ["--max-time", args.max_time]
     if args.max_steps:
@@ -102,10 +110,12 @@ def main() -> None:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "GPTCLI_HOME": home}
-        rows = [measure("gptcli-default", budget, env)]
-        if not args.skip_old:
-            rows.append(measure("gptcli-context-64", [*budget, *OLD_DEFAULT], env))
-        if not args.skip_reference:
+        rows = []
+        for run in range(args.runs):
+            rows.append(measure("gptcli-default", budget, env, run))
+            if not args.skip_old:
+                rows.append(measure("gptcli-context-64", [*budget, *OLD_DEFAULT], env, run))
+        if not args.skip_reference:  # once: its 2,000 steps give the same loss every time
             rows.append(measure("nanogpt-cpu-recipe", REFERENCE, env))
     print(
         f"B1 on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -121,6 +131,16 @@ def main() -> None:
             f"{r['run']:<20} {r['wall_s']:>8} {r['train_s']:>8} {r['steps']:>6} "
             f"{r['threads']:>7} {r['params']:>9,} {r['val_loss']:>9}"
         )
+    if args.runs > 1:  # this machine's speed may vary from run to run: medians, and the range
+        for name in dict.fromkeys(r["run"] for r in rows if r["run"] != "nanogpt-cpu-recipe"):
+            mine = [r for r in rows if r["run"] == name]
+            losses = sorted(r["val_loss"] for r in mine)
+            steps = sorted(r["steps"] for r in mine)
+            print(
+                f"median of {len(mine)} {name}: val loss {statistics.median(losses)} "
+                f"({losses[0]} to {losses[-1]}), steps {statistics.median(steps):g} "
+                f"({steps[0]} to {steps[-1]})"
+            )
 
 
 if __name__ == "__main__":
