@@ -94,9 +94,11 @@ def check_budget(home: Path, name: str, cut: dict, resumed: dict, wall: float) -
     assert BUDGET <= resumed["seconds"] < BUDGET + 1.0, (cut, resumed)
     history = json.loads((home / "models" / name / "train.json").read_text())["history"]
     assert history[-1]["step"] == resumed["steps"]
-    # time goes on from where the cut run stopped: it never restarts in the history
+    # time goes on from where the cut run stopped: it never restarts in the history. The last
+    # point is the last evaluation: when the final step is an --eval-every step, that one, made
+    # just before the clock passed the budget (3.999 s of 4 once), and no extra one after it
     seconds = [h["seconds"] for h in history]
-    assert seconds == sorted(seconds) and seconds[-1] >= BUDGET, history
+    assert seconds == sorted(seconds) and seconds[-1] > BUDGET - 0.5, history
     assert wall < BUDGET - cut["seconds"] + 2.0, (wall, cut)  # the resumed part: the rest
     # the time-based schedule reached its end: cooled down from the peak it held
     peak = max(h["lr"] for h in history)
