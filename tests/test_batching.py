@@ -159,3 +159,45 @@ def test_ragged_cache_rows_see_only_their_own_keys(tok: Tokenizer) -> None:
         together, _ = model(tokens, cache=cache, last_only=True)
     for row in range(2):
         torch.testing.assert_close(together[row, -1], alone[row], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
+def test_a_lone_request_decodes_as_generate_does_through_the_native_step(
+    tok: Tokenizer, dtype: torch.dtype
+) -> None:
+    """Alone, a request is prefilled and decoded by the native CPU step in its slot, as `gpt
+    generate` decodes: the same tokens even where activations in bfloat16 and float32 part."""
+    from gptcli import kernels
+    from gptcli.generate import prepare_for_inference
+
+    if kernels.library() is None:
+        pytest.skip(f"no native step here: {kernels.unavailable()}")
+    model = prepare_for_inference(tiny(tok, "modern"), dtype)
+    engine = BatchEngine(model, tok, max_batch=4).start()
+    try:
+        for i, prompt in enumerate(["hello", "tiny corpus of", "t"]):
+            for settings in SETTINGS[:2]:
+                sink = Collector()
+                engine.submit(Request(tok.encode(prompt), 9, settings, 3 + i, sink))
+                assert sink.done.wait(60) and not sink.errors
+                assert sink.texts[0] == reference(model, tok, prompt, 9, settings, 3 + i)
+        assert engine.native_steps == engine.steps > 0
+        # a second request arriving (here on the first's first token, so they overlap for
+        # sure): both go on in torch's batched path, the first from the slot the native step
+        # filled
+        first, second = Collector(), Collector()
+        arrived: list[bool] = []
+
+        def first_then_second(event: Event) -> None:
+            if event.kind == "text" and not arrived:
+                arrived.append(True)
+                engine.submit(Request(tok.encode("tiny"), 9, SETTINGS[0], 2, second))
+            first(event)
+
+        native_before = engine.native_steps
+        engine.submit(Request(tok.encode("hello"), 9, SETTINGS[0], 1, first_then_second))
+        for sink in (first, second):
+            assert sink.done.wait(60) and not sink.errors and sink.tokens[0] == 9
+        assert engine.native_steps - native_before < 8 + 8  # alone: 8 steps each after prefill
+    finally:
+        engine.stop()

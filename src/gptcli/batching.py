@@ -8,11 +8,13 @@ string, max_tokens, cancelled by its caller) leaves its slot at once without hol
 
 Per token the engine does what `gptcli.generate.generate_batch` does for one sample (penalties
 from running counts, `sample_next_token` with the sequence's own generator, stop ids, text through
-`TextStream`), so a request running alone gets the tokens `gpt generate` prints. Sequences
-decoded side by side go through batched matrix products, whose float sums may differ from a
-lone row's in the last bits; so do the native CPU step's that `gpt generate` runs for one row
-(`gptcli.kernels`), which keeps bfloat16 and int8 models' activations in float32: where two
-logits nearly tie, such a model's tokens here and there may part.
+`TextStream`), so a request running alone gets the tokens `gpt generate` prints: on the CPU
+its prefill and steps go through the native step `gpt generate` runs for one row
+(`gptcli.kernels`), on the request's slot of the shared cache. Sequences decoded side by side
+go through torch's batched matrix products, whose float sums may differ from a lone row's in
+the last bits, and which keep bfloat16 and int8 models' activations in bfloat16 where the
+native step keeps them in float32: where two logits nearly tie, such a model's tokens here
+and there may part.
 
 It knows nothing of HTTP or JSON: callers submit `Request`s and receive `Event`s through the
 `sink` callback they give (called on the engine's thread).
@@ -30,6 +32,7 @@ import torch
 
 from gptcli.errors import GptError
 from gptcli.generate import TextStream, TokenCounts
+from gptcli.kernels.step import NativeDecodeStep
 from gptcli.model import GPT, KVCache
 from gptcli.sample import SamplingSettings, sample_next_token
 from gptcli.tokenizer import Tokenizer
@@ -96,6 +99,17 @@ class RaggedKVCache:
         """Copies row `row` of a prefilled cache, its first `length` positions, into `slot`."""
         self.k[:, slot, :, :length] = source.k[:, row, :, :length]
         self.v[:, slot, :, :length] = source.v[:, row, :, :length]
+
+
+@dataclass
+class SlotCache:
+    """One slot of a `RaggedKVCache` as the native step sees a cache (`RowCache`): the cache's
+    tensors, and the slot's length as `pos`, set before each call."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    max_len: int
+    pos: int = 0
 
 
 # -- requests and their sequences -----------------------------------------------------------
@@ -237,6 +251,8 @@ class BatchEngine:
         self.lock = threading.Condition()
         self.stopping = False
         self.steps = 0  # decode steps run (one forward pass each)
+        self.native_steps = 0  # of which a lone sequence's, through the native CPU step
+        self.native: dict[int, NativeDecodeStep | None] = {}  # slot -> its native step
         self.thread = threading.Thread(target=self._run, name="gpt-batch-engine", daemon=True)
 
     def start(self) -> BatchEngine:
@@ -327,22 +343,38 @@ class BatchEngine:
         rows = torch.arange(len(windows), device=device)
         return self.model.lm_head(hidden[rows, last]).float(), cache
 
+    def _native(self, slot: int) -> NativeDecodeStep | None:
+        """The native CPU step on this slot of the cache (made on first use), or None where
+        torch's path must run (see `NativeDecodeStep.for_model`)."""
+        if slot not in self.native:
+            view = SlotCache(self.cache.k, self.cache.v, self.cache.max_len)
+            self.native[slot] = NativeDecodeStep.for_model(self.model, view, row=slot)
+        return self.native[slot]
+
     def _join(self, requests: list[Request]) -> None:
         """Prefills the requests that joined at this step, and puts their choices in slots.
 
-        A request alone is prefilled alone, as `gpt generate` prefills it (the same numbers);
+        A request alone is prefilled alone, as `gpt generate` prefills it (the same numbers:
+        through the native step straight into its slot where that runs, for one choice);
         several arriving together share one forward pass, which costs less than one each."""
         windows = [r.prompt[-self.context :] for r in requests]  # the newest, as gpt generate
-        if len(requests) == 1:
+        slots = self._free_slots()
+        lone = self._native(slots[0]) if len(requests) == 1 and requests[0].n == 1 else None
+        prefilled: KVCache | None = None
+        if lone is not None:
+            lone.cache.pos = 0
+            logits = lone(torch.tensor([windows[0]]))
+        elif len(requests) == 1:
             logits, prefilled = self._prefill(windows[0])
         else:
             logits, prefilled = self._prefill_together(windows)
-        free = iter(self._free_slots())
+        free = iter(slots)
         joined, rows = [], []
         for row, (request, window) in enumerate(zip(requests, windows, strict=True)):
             for choice in range(request.n):
                 slot = next(free)
-                self.cache.store(slot, prefilled, len(window), row)
+                if prefilled is not None:
+                    self.cache.store(slot, prefilled, len(window), row)
                 seq = Sequence(request, choice, slot, window, self.tokenizer, self.cache.k.device)
                 self.active[slot] = seq
                 joined.append(seq)
@@ -374,10 +406,16 @@ class BatchEngine:
         if not seqs:
             return
         device = self.cache.k.device
-        self.cache.select([s.slot for s in seqs], [s.length for s in seqs])
-        tokens = torch.tensor([[s.last] for s in seqs], device=device)
-        logits, _ = self.model(tokens, cache=self.cache, last_only=True)
-        logits = logits[:, -1].float()
+        lone = self._native(seqs[0].slot) if len(seqs) == 1 else None
+        if lone is not None:  # one sequence: the native step, as `gpt generate` decodes
+            lone.cache.pos = seqs[0].length
+            logits = lone(torch.tensor([[seqs[0].last]]))
+            self.native_steps += 1
+        else:
+            self.cache.select([s.slot for s in seqs], [s.length for s in seqs])
+            tokens = torch.tensor([[s.last] for s in seqs], device=device)
+            logits, _ = self.model(tokens, cache=self.cache, last_only=True)
+            logits = logits[:, -1].float()
         self.steps += 1
         for seq, token in zip(seqs, sample_rows(seqs, logits, self.vocab), strict=True):
             seq.length += 1

@@ -14,7 +14,9 @@
    float32 scale per output row. The other parameters (embeddings, norms, biases) are float32
    or bfloat16. Activations are float32 throughout; the bfloat16 product rounds its input
    vector to bfloat16 (as torch's bfloat16 path does) to use the CPU's bfloat16 dot product.
-   The KV cache is torch's float32 cache of one row, (layers, 1, heads, max_len, head_size).
+   The KV cache is one row of a torch float32 cache, (layers, rows, heads, max_len,
+   head_size): k_cache and v_cache point at the row in layer 0, and layer_stride is the
+   distance between layers, in floats (rows * heads * max_len * head_size).
 
    Built at run time by gptcli.kernels with the machine's compiler (-O3 -march=native). */
 
@@ -53,8 +55,9 @@ typedef struct {
     const void *wte, *wpe;      /* (vocab, C), gpt2: (block_size, C), in ptype */
     const void *ln_f_w, *ln_f_b;
     Matrix head;
-    float *k_cache, *v_cache;   /* (layers, 1, heads, max_len, head_size) */
+    float *k_cache, *v_cache;   /* the row's (heads, max_len, head_size) in layer 0 */
     const Layer *layers;
+    int64_t layer_stride;       /* floats from one layer's cache to the next */
 } Model;
 
 static inline float from_bf16(bf16 h) {
@@ -446,7 +449,7 @@ int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t p
         norm_rows(&team, m, x, m->layers[0].ln1_w, m->layers[0].ln1_b, T, h, xb);
         for (int64_t l = 0; l < m->n_layer; l++) {
             const Layer *ly = &m->layers[l];
-            float *kc = m->k_cache + l * H * L * D, *vc = m->v_cache + l * H * L * D;
+            float *kc = m->k_cache + l * m->layer_stride, *vc = m->v_cache + l * m->layer_stride;
             matvec(&team, m, &ly->attn, 3 * C, C, T, h, xb, qkv, PLAIN);
             share(&team, T * H, &lo, &hi);
             for (int64_t job = lo; job < hi; job++) { /* a token's key and value in a head */

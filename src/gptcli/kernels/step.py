@@ -2,14 +2,16 @@
 
 It reads the model's own tensors and its KV cache in place (pointers into torch's memory), so
 it needs nothing prepared beyond `prepare_for_inference`, and the torch path and this one can
-take turns on the same cache. `for_model` says whether a model
-and cache can use it: one row, on the CPU, float32 cache, weights in float32, bfloat16 or
-packed int8, plain `Linear` layers (no LoRA adapters).
+take turns on the same cache. `for_model` says whether a model and cache can use it: a cache
+of one row (or one row of a larger cache, as the server's engine uses it for a lone request),
+on the CPU, float32 cache, weights in float32, bfloat16 or packed int8, plain `Linear` layers
+(no LoRA adapters).
 """
 
 from __future__ import annotations
 
 import ctypes
+from typing import Protocol
 
 import torch
 
@@ -61,6 +63,7 @@ class Model(ctypes.Structure):
         ("k_cache", P),
         ("v_cache", P),
         ("layers", ctypes.POINTER(Layer)),
+        ("layer_stride", ctypes.c_int64),
     ]
 
 
@@ -88,18 +91,33 @@ def weight_type(model: GPT) -> torch.dtype | None:
     return dtype if dtype in (torch.float32, torch.bfloat16) else None
 
 
+class RowCache(Protocol):
+    """What the native step needs of a cache: float32 keys and values (layers, rows, heads,
+    max_len, head_size), and `pos`, the tokens its row holds (a `KVCache`, or one slot of
+    `gptcli.batching.RaggedKVCache`)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    max_len: int
+    pos: int
+
+
 class NativeDecodeStep:
     """Calls the native step on `cache` (batch 1); `__call__` as `StaticDecodeStep`'s."""
 
     @staticmethod
-    def for_model(model: GPT, cache: KVCache) -> NativeDecodeStep | None:
-        """A native step for this model and a cache of one row, or None where torch's path
-        must run."""
+    def for_model(
+        model: GPT, cache: KVCache | RowCache, row: int | None = None
+    ) -> NativeDecodeStep | None:
+        """A native step for this model and a cache of one row (`row` None), or for row `row`
+        of a cache of several; None where torch's path must run."""
         p = next(model.parameters())
+        rows = cache.k.size(1)
         if (
-            cache.k.size(1) != 1
+            (rows != 1 if row is None else not 0 <= row < rows)
             or p.device.type != "cpu"
             or cache.k.dtype != torch.float32
+            or not (cache.k.is_contiguous() and cache.v.is_contiguous())
             or p.dtype not in (torch.float32, torch.bfloat16)
         ):
             return None
@@ -107,9 +125,16 @@ class NativeDecodeStep:
         lib = kernels.library() if wtype is not None else None
         if wtype is None or lib is None:
             return None
-        return NativeDecodeStep(model, cache, wtype, lib)
+        return NativeDecodeStep(model, cache, wtype, lib, row or 0)
 
-    def __init__(self, model: GPT, cache: KVCache, wtype: torch.dtype, lib: ctypes.CDLL) -> None:
+    def __init__(
+        self,
+        model: GPT,
+        cache: KVCache | RowCache,
+        wtype: torch.dtype,
+        lib: ctypes.CDLL,
+        row: int = 0,
+    ) -> None:
         self.model, self.cache, self.lib = model, cache, lib
         config = model.config
         self.keep: list[torch.Tensor] = []  # tensors whose memory the structure points into
@@ -131,6 +156,9 @@ class NativeDecodeStep:
             layer.fc = self.matrix(block.mlp.c_fc, wtype)
             layer.mlp_proj = self.matrix(block.mlp.c_proj, wtype)
         ln_f = model.transformer["ln_f"]
+        k_base, v_base = self.pointer(cache.k), self.pointer(cache.v)
+        assert k_base is not None and v_base is not None
+        row_offset = row * cache.k.stride(1) * cache.k.element_size()  # bytes to the row
         self.struct = Model(
             n_layer=config.n_layer,
             n_embd=config.n_embd,
@@ -148,9 +176,10 @@ class NativeDecodeStep:
             ln_f_w=self.pointer(ln_f.weight),
             ln_f_b=self.pointer(getattr(ln_f, "bias", None)),
             head=self.matrix(model.lm_head, wtype),
-            k_cache=self.pointer(cache.k),
-            v_cache=self.pointer(cache.v),
+            k_cache=k_base + row_offset,
+            v_cache=v_base + row_offset,
             layers=self.layers,
+            layer_stride=cache.k.stride(0),
         )
 
     def pointer(self, tensor: torch.Tensor | None) -> int | None:
