@@ -161,6 +161,43 @@ def test_ragged_cache_rows_see_only_their_own_keys(tok: Tokenizer) -> None:
         torch.testing.assert_close(together[row, -1], alone[row], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_the_native_step_on_one_slot_of_the_ragged_cache(tok: Tokenizer, family: str) -> None:
+    """The native step writes and reads slot 2 of 3 only, and takes turns with torch's
+    batched path on it: the logits and keys of a one-row cache, step by step."""
+    from gptcli import kernels
+    from gptcli.batching import SlotCache
+    from gptcli.kernels.step import NativeDecodeStep
+
+    if kernels.library() is None:
+        pytest.skip(f"no native step here: {kernels.unavailable()}")
+    model = tiny(tok, family)
+    ids = tok.encode("tiny corpus")
+    cache = RaggedKVCache(model, 3)
+    step = NativeDecodeStep.for_model(model, SlotCache(cache.k, cache.v, cache.max_len), row=2)
+    assert step is not None
+    single = model.new_cache(1, model.config.block_size)
+    with torch.inference_mode():
+        ours = step(torch.tensor([ids[:7]]))  # prefill, pos 0
+        theirs, _ = model(torch.tensor([ids[:7]]), cache=single, last_only=True)
+        torch.testing.assert_close(ours[0], theirs[0, -1], rtol=1e-5, atol=1e-5)
+        for position in range(7, len(ids)):  # then torch's path and the native one in turn
+            if position % 2:
+                cache.select([2], [position])
+                ours, _ = model(torch.tensor([[ids[position]]]), cache=cache, last_only=True)
+                ours = ours[:, -1]
+            else:
+                step.cache.pos = position
+                ours = step(torch.tensor([[ids[position]]]))
+            theirs, _ = model(torch.tensor([[ids[position]]]), cache=single, last_only=True)
+            torch.testing.assert_close(ours[0], theirs[0, -1], rtol=1e-5, atol=1e-5)
+    n = len(ids)
+    torch.testing.assert_close(cache.k[:, 2, :, :n], single.k[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.v[:, 2, :, :n], single.v[:, 0, :, :n], rtol=1e-5, atol=1e-5)
+    assert not cache.k[:, :2].any() and not cache.v[:, :2].any()  # the other slots untouched
+    assert not cache.k[:, 2, :, n:].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
 def test_a_lone_request_decodes_as_generate_does_through_the_native_step(
     tok: Tokenizer, dtype: torch.dtype
@@ -199,5 +236,23 @@ def test_a_lone_request_decodes_as_generate_does_through_the_native_step(
         for sink in (first, second):
             assert sink.done.wait(60) and not sink.errors and sink.tokens[0] == 9
         assert engine.native_steps - native_before < 8 + 8  # alone: 8 steps each after prefill
+    finally:
+        engine.stop()
+
+
+def test_a_request_whose_prefill_fails_gets_the_error(tok: Tokenizer) -> None:
+    """Taken from the queue but not yet in a slot, it is failed too, not left waiting."""
+    engine = BatchEngine(tiny(tok, "modern"), tok, max_batch=2)
+
+    def fail(requests: list[Request]) -> None:
+        raise MemoryError("no room for the prefill")
+
+    engine._join = fail  # type: ignore[method-assign]
+    engine.start()
+    try:
+        sink = Collector()
+        engine.submit(Request(tok.encode("hello"), 5, SETTINGS[0], 0, sink))
+        assert sink.done.wait(30)
+        assert sink.errors == ["generation failed: MemoryError: no room for the prefill"]
     finally:
         engine.stop()

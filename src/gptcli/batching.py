@@ -306,7 +306,8 @@ class BatchEngine:
                         self._step()
                         self._drop_ended()
                 except Exception as exc:  # a bug or out of memory: fail these, keep serving
-                    self._fail_all(f"generation failed: {type(exc).__name__}: {exc}")
+                    message = f"generation failed: {type(exc).__name__}: {exc}"
+                    self._fail_all(message, joining)
         self._fail_all("the server is shutting down")
 
     def _admit(self) -> list[Request]:
@@ -393,8 +394,13 @@ class BatchEngine:
         if seq.finished or seq.request.cancelled:
             return
         window = seq.history[-max(1, self.context // 2) :]
-        logits, prefilled = self._prefill(window)
-        self.cache.store(seq.slot, prefilled, len(window))
+        native = self._native(seq.slot)
+        if native is not None:  # into its own slot, as gpt generate prefills it again
+            native.cache.pos = 0
+            logits = native(torch.tensor([window]))
+        else:
+            logits, prefilled = self._prefill(window)
+            self.cache.store(seq.slot, prefilled, len(window))
         seq.length = len(window)
         seq.accept(logits, self.vocab)
         self._check_full(seq)
@@ -427,8 +433,11 @@ class BatchEngine:
             if seq.finished or seq.request.cancelled:
                 del self.active[slot]
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, joining: list[Request] | None = None) -> None:
+        """Ends every request in flight with an error: active, waiting, and those `joining`
+        (taken from the queue this step, maybe not yet in a slot)."""
         failed = {id(s.request): s.request for s in self.active.values()}
+        failed |= {id(r): r for r in joining or []}
         with self.lock:
             while self.waiting:
                 request = self.waiting.popleft()
