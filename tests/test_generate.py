@@ -113,6 +113,20 @@ def test_sampling_follows_the_filtered_distribution() -> None:
     assert set(draws.tolist()) == {0, 1} and abs(share - 0.5 / 0.8) < 0.03
 
 
+def test_draws_never_take_a_token_of_probability_zero() -> None:
+    from gptcli.errors import GptError
+    from gptcli.sample import draw
+
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0, 0.0]]).repeat(5000, 1)
+    tokens = draw(probs, torch.Generator().manual_seed(0)).view(-1)
+    assert set(tokens.tolist()) == {1, 3} and abs((tokens == 3).float().mean() - 0.75) < 0.03
+    tiny = torch.zeros(1, 50257)
+    tiny[0, 0], tiny[0, 50000] = 1e-30, 1.0  # one token takes all but nothing
+    assert {int(draw(tiny, torch.Generator().manual_seed(s))) for s in range(200)} == {50000}
+    with pytest.raises(GptError, match="not finite"):
+        draw(torch.tensor([[float("nan"), 1.0]]))
+
+
 def test_each_row_draws_from_its_own_generator() -> None:
     logits = torch.randn(3, 50)
     settings = SamplingSettings(temperature=1.0, min_p=None)
