@@ -151,8 +151,11 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
 
     `torch.multinomial` draws a random number per token instead: at GPT-2's 50,257 tokens it
     took 1.5 ms a row on an Intel Xeon (2 threads), this 0.1 ms, which in a decode step of the
-    124M shape at 60 tokens/s is a tenth of the step.
+    124M shape at 60 tokens/s is a tenth of the step. On accelerators `torch.multinomial` runs
+    on the device and stays (MPS has no float64 for the running sum).
     """
+    if probs.device.type != "cpu":
+        return torch.multinomial(probs, 1, generator=generator)
     total = probs.double().cumsum(dim=-1)  # non-decreasing: each term is >= 0
     mass = total[..., -1:]
     if not bool(torch.isfinite(mass).all() and (mass > 0).all()):
