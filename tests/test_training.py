@@ -348,3 +348,18 @@ def test_training_commands_leave_busy_cores_to_other_work(
         torch.set_num_threads(threads)
     assert used == threads - 1
     assert f"training on {threads - 1} of {threads} threads" in result.stderr
+
+
+def test_busy_time_leaves_out_hypervisor_steal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gptcli.hardware as hardware
+
+    class Stat:  # /proc/stat's first line: user nice system idle iowait irq softirq steal
+        def __init__(self, path: str) -> None:
+            pass
+
+        def read_text(self) -> str:
+            return "cpu  100 20 30 5000 400 5 6 9000 0 0\ncpu0 ...\n"
+
+    monkeypatch.setattr(hardware, "Path", Stat)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert hardware.busy_seconds() == pytest.approx((100 + 20 + 30 + 5 + 6) / ticks)
