@@ -51,7 +51,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gptcli.cli.generate import sleeping_omp_threads
+from gptcli.hardware import sleeping_omp_threads
 
 # what the caller set, before we set what `gpt generate` sets (llama.cpp gets only the former)
 INHERITED = {name for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if name in os.environ}
@@ -59,12 +59,8 @@ sleeping_omp_threads()  # as gpt generate does, before torch loads
 import torch  # noqa: E402
 
 from gptcli.checkpoint import load_model  # noqa: E402
-from gptcli.generate import (  # noqa: E402
-    GenerationStats,
-    generate_tokens,
-    inference_dtype,
-    prepare_for_inference,
-)
+from gptcli.inference.generate import GenerationStats, generate_tokens  # noqa: E402
+from gptcli.inference.precision import inference_dtype, prepare_for_inference  # noqa: E402
 from gptcli.kernels import unavailable  # noqa: E402
 from gptcli.kernels.step import NativeDecodeStep  # noqa: E402
 from gptcli.sample import SamplingSettings  # noqa: E402

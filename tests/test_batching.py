@@ -9,10 +9,11 @@ import threading
 import pytest
 import torch
 
-from gptcli.batching import BatchEngine, Event, QueueFull, RaggedKVCache, Request
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.generate import TextStream, generate_tokens
+from gptcli.inference.batching import BatchEngine, Event, QueueFull, RaggedKVCache, Request
+from gptcli.inference.generate import generate_tokens
+from gptcli.inference.text import TextStream
 from gptcli.model import GPT
 from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer
@@ -166,7 +167,7 @@ def test_the_native_step_on_one_slot_of_the_ragged_cache(tok: Tokenizer, family:
     """The native step writes and reads slot 2 of 3 only, and takes turns with torch's
     batched path on it: the logits and keys of a one-row cache, step by step."""
     from gptcli import kernels
-    from gptcli.batching import SlotCache
+    from gptcli.inference.batching import SlotCache
     from gptcli.kernels.step import NativeDecodeStep
 
     if kernels.library() is None:
@@ -205,7 +206,7 @@ def test_a_lone_request_decodes_as_generate_does_through_the_native_step(
     """Alone, a request is prefilled and decoded by the native CPU step in its slot, as `gpt
     generate` decodes: the same tokens even where activations in bfloat16 and float32 part."""
     from gptcli import kernels
-    from gptcli.generate import prepare_for_inference
+    from gptcli.inference.precision import prepare_for_inference
 
     if kernels.library() is None:
         pytest.skip(f"no native step here: {kernels.unavailable()}")

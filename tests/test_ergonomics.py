@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY, run, snapshot
 
 from gptcli.cli.chart import axis_decimals
-from gptcli.cli.train import TrainProgress
+from gptcli.cli.training import TrainProgress
 from gptcli.config import TrainConfig, to_toml
 
 if sys.version_info >= (3, 11):

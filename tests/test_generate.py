@@ -18,18 +18,17 @@ from test_model import tiny_model
 
 from gptcli.config import ModelConfig
 from gptcli.errors import GptError
-from gptcli.generate import (
+from gptcli.hardware import cpu_has_fast_bf16
+from gptcli.inference.generate import (
     GenerationStats,
     StaticDecodeStep,
-    TextStream,
-    cpu_has_fast_bf16,
     generate_batch,
     generate_tokens,
-    inference_dtype,
-    prepare_for_inference,
-    use_cuda_graphs,
 )
-from gptcli.model import GPT, PackedWeight, quantize_int8
+from gptcli.inference.packing import PackedWeight, pack_weights, quantize_int8
+from gptcli.inference.precision import inference_dtype, prepare_for_inference, use_cuda_graphs
+from gptcli.inference.text import TextStream
+from gptcli.model import GPT
 from gptcli.sample import (
     SamplingSettings,
     apply_presence_frequency_penalties,
@@ -332,12 +331,12 @@ def test_packed_weights_serve_only_inference_on_unchanged_weights() -> None:
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         packed_logits = model(ids)[0]
-    model.pack_for_inference(None, torch.bfloat16)
+    pack_weights(model, None, torch.bfloat16)
     with torch.no_grad():
         plain_logits = model(ids)[0]
     assert not torch.equal(packed_logits, plain_logits)  # the int8 path did run
     torch.testing.assert_close(packed_logits, plain_logits, atol=0.1, rtol=0.05)
-    model.pack_for_inference("int8", torch.bfloat16)
+    pack_weights(model, "int8", torch.bfloat16)
     x = torch.randn(1, 1, model.config.n_embd, dtype=torch.bfloat16)
     with torch.no_grad():
         assert not torch.equal(head(x), torch.nn.functional.linear(x, head.weight))
@@ -345,7 +344,7 @@ def test_packed_weights_serve_only_inference_on_unchanged_weights() -> None:
         assert head.packed is not None and not head.packed.matches(head.weight)
         assert torch.equal(head(x), torch.nn.functional.linear(x, head.weight))
     x.requires_grad_(True)
-    model.pack_for_inference("int8", torch.bfloat16)
+    pack_weights(model, "int8", torch.bfloat16)
     head(x).sum().backward()  # with gradients: F.linear on the parameter
     assert x.grad is not None
 

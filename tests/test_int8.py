@@ -10,7 +10,7 @@ import torch
 from conftest import run
 from test_model import tiny_model
 
-from gptcli.generate import inference_dtype, prepare_for_inference
+from gptcli.inference.precision import inference_dtype, prepare_for_inference
 
 
 def test_int8_logits_are_close_to_float32() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from gptcli.checkpoint import load_model, write_model_dir
 from gptcli.config import ModelConfig
-from gptcli.generate import generate_tokens
+from gptcli.inference.generate import generate_tokens
 from gptcli.model import GPT
 from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer

@@ -16,7 +16,8 @@ from test_model import tiny_model
 
 from gptcli import kernels
 from gptcli.errors import GptError
-from gptcli.generate import generate_tokens, prepare_for_inference
+from gptcli.inference.generate import generate_tokens
+from gptcli.inference.precision import prepare_for_inference
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.lora import apply_lora
 from gptcli.model import GPT, KVCache

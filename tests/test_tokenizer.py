@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptcli.generate import TextStream
+from gptcli.inference.text import TextStream
 from gptcli.tokenizer import StreamDecoder, Tokenizer, iter_chunks
 
 SAMPLES = [

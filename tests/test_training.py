@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import TINY, run
 
-from gptcli.cli.generate import sleeping_omp_threads
 from gptcli.config import ModelConfig, TrainConfig
+from gptcli.hardware import sleeping_omp_threads
 from gptcli.loop import lr_factor, make_optimizers
 from gptcli.model import GPT
 from gptcli.optim import OwnMuon, split_parameters
@@ -260,7 +260,7 @@ def test_training_leaves_the_cores_other_work_keeps_busy(monkeypatch: pytest.Mon
     machine keeps every thread, and OMP_NUM_THREADS set by the user wins."""
     import time
 
-    from gptcli.cli.train import share_the_cores
+    from gptcli.cli.training import share_the_cores
     from gptcli.hardware import CoreUse
 
     before = torch.get_num_threads()

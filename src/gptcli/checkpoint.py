@@ -65,10 +65,6 @@ def write_model_dir(
         write_json_atomic(directory / RECORD_FILE, info)
 
 
-def read_config(directory: Path) -> ModelConfig:
-    return ModelConfig.from_dict(read_json(directory / "config.json"))
-
-
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise GptError(f"{path}: weights file is missing")
@@ -83,14 +79,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise GptError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
+def read_model_files(
+    directory: Path,
+) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+    """Config, weights and tokenizer of a model directory, ours or Hugging Face's (GPT-2,
+    NanoChat: converted on the fly, nothing is written), each file read once."""
+    raw = read_json(directory / "config.json")
+    if hf.is_hf_config(raw):
+        return hf.read_hf_dir(directory, raw)
+    config = ModelConfig.from_dict(raw)
+    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    return config, read_weights(directory / "model.safetensors"), tokenizer
+
+
 def load_model(directory: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Reads config, tokenizer and weights of a model directory (ours or Hugging Face GPT-2)."""
-    if hf.is_hf_dir(directory):  # converted on the fly, nothing is written
-        config, weights, tokenizer = hf.read_hf_dir(directory)
-    else:
-        config = read_config(directory)
-        tokenizer = Tokenizer.load(directory / "tokenizer.json")
-        weights = read_weights(directory / "model.safetensors")
+    """Reads config, tokenizer and weights of a model directory (ours or Hugging Face's)."""
+    config, weights, tokenizer = read_model_files(directory)
     mismatch = weights_mismatch(config, {k: tuple(v.shape) for k, v in weights.items()})
     if mismatch:  # before the model is built: a wrong config could ask for terabytes
         raise GptError(f"{directory}: {mismatch}")

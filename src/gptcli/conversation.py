@@ -16,7 +16,9 @@ import torch
 
 from gptcli.chat import Message, Template
 from gptcli.errors import GptError
-from gptcli.generate import GenerationStats, TextStream, generate_tokens
+from gptcli.inference.generate import GenerationStats, stream_text
+from gptcli.inference.sequence import Sequence
+from gptcli.inference.text import ReplyTrim, TextStream
 from gptcli.model import GPT
 from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer
@@ -125,38 +127,23 @@ class ReplyStream:
         self.stats: GenerationStats = GenerationStats()
         self.text = ""
         self.finish = "stop"
-        self._held = ""  # whitespace not shown until something follows it
 
     def __iter__(self) -> Iterator[str]:
-        stream = TextStream(self.tokenizer, self.template.stop_strings)
-        tokens = generate_tokens(
-            self.model,
+        seq = Sequence(
             self.prompt_ids,
-            self.settings.max_tokens,
             self.settings.sampling,
             self.generator,
             self.template.stop_ids(self.tokenizer),
-            self.stats,
+            self.settings.max_tokens,
+            TextStream(self.tokenizer, self.template.stop_strings),
         )
-        for token in tokens:
-            piece = self._trim(stream.push(token))
+        trim = ReplyTrim()
+        for text in stream_text(self.model, self.prompt_ids, seq, self.stats):
+            piece = trim.push(text)  # trailing whitespace stays held: dropped at the end
+            self.text += piece
             if piece:
                 yield piece
-            if stream.stopped:
-                break
-        piece = self._trim(stream.flush())  # trailing whitespace stays held: dropped
-        if piece:
-            yield piece
-        if self.stats.generated_tokens >= self.settings.max_tokens and not stream.stopped:
-            self.finish = "length"
-
-    def _trim(self, piece: str) -> str:
-        if not self.text:
-            piece = piece.lstrip()
-        body = (self._held + piece).rstrip()
-        self._held = (self._held + piece)[len(body) :]
-        self.text += body
-        return body
+        self.finish = seq.finish or "stop"
 
 
 class ChatSession:

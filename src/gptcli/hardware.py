@@ -112,3 +112,22 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
         mallopt(m_trim_threshold, TRIM_THRESHOLD)
     )
+
+
+def sleeping_omp_threads(only_when_busy: bool = False) -> None:
+    """Has OpenMP threads sleep while they wait instead of spinning; runs before torch loads.
+
+    Spinning threads look busy to the kernel, so on a machine shared with other work they lose
+    their core, and each of the hundreds of parallel regions of a torch decode step waits for
+    one: steps get ten to fifty times slower. Sleeping costs a wake-up per region instead
+    (about 150 us on a Firecracker VM), which the native CPU step (gptcli.kernels) pays once
+    a token: its threads wait for each other on barriers of its own. Training
+    (`only_when_busy`) has many more regions per second, so sleeping costs more there: on two
+    idle cores 150 steps of the nanogpt-cpu preset took 15 s spinning and 26 s sleeping, while
+    on cores shared with other work a mini step took 8.4 s spinning and 0.4 to 1.2 s sleeping.
+    So training sleeps only when the load average already fills every core. OMP_WAIT_POLICY
+    set in the environment wins.
+    """
+    if only_when_busy and os.getloadavg()[0] < (os.cpu_count() or 1):
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

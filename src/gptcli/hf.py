@@ -58,13 +58,15 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 # -- reading a Hugging Face directory ---------------------------------------------------------
+def is_hf_config(raw: Any) -> bool:
+    """Whether a parsed `config.json` is a Hugging Face config (it names a `model_type`)."""
+    return isinstance(raw, dict) and "model_type" in raw
+
+
 def is_hf_dir(directory: Path) -> bool:
-    """Whether `directory/config.json` is a Hugging Face config (it names a `model_type`)."""
+    """Whether `directory/config.json` is a Hugging Face config."""
     path = directory / "config.json"
-    if not path.is_file():
-        return False
-    data = read_json(path)
-    return isinstance(data, dict) and "model_type" in data
+    return path.is_file() and is_hf_config(read_json(path))
 
 
 def config_from_hf(raw: dict[str, Any], source: Path | str) -> ModelConfig:
@@ -225,9 +227,12 @@ def read_hf_tokenizer(directory: Path) -> Tokenizer:
     )
 
 
-def read_hf_dir(directory: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, weights in our layout, and tokenizer of a Hugging Face GPT-2 or NanoChat dir."""
-    raw = read_json(directory / "config.json")
+def read_hf_dir(
+    directory: Path, raw: dict[str, Any] | None = None
+) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+    """Config, weights in our layout, and tokenizer of a Hugging Face GPT-2 or NanoChat dir;
+    `raw`: its config.json, when the caller has read it already."""
+    raw = raw if raw is not None else read_json(directory / "config.json")
     config = config_from_hf(raw, directory)
     if config.family == "modern":
         tensors = nanochat.tensors_from_nanochat(read_hf_tensors(directory), config, directory)

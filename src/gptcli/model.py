@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class KVCache:
     order, and rotary keys carry their own positions, so a rotary model slides its window this
     way at no cost. Chunks of several tokens must fit before the end of the ring.
 
-    While `static` is set (by `gptcli.generate.StaticDecodeStep`), one-token steps use the
+    While `static` is set (by `gptcli.inference.generate.StaticDecodeStep`), one-token steps use the
     layout CUDA graphs need: the slot to write lives in the tensor `index`, set by the caller
     before each step, and attention spans the whole cache under a mask, so every step runs the
     same kernels on the same buffers.
@@ -126,111 +127,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
-class PackedWeight:
-    """A Linear's weight in the layout of a faster inference kernel, made once by
-    `GPT.pack_for_inference` and used only while the weight it was made from is unchanged.
+class PackedLinear(Protocol):
+    """What a `Linear` needs of a packed copy of its weight (see `gptcli.inference.packing`):
+    whether it still matches the weight, and the product with it."""
 
-    Measured on the 124M GPT-2 shape, 2 threads, one token per step (README, Performance):
-    - `onednn` (bfloat16 on the CPU): oneDNN's matmul on a weight reordered once into its
-      blocked layout. Plain `F.linear` reorders the weight on every call; ATen's own GEMV
-      (oneDNN off) was the previous path, about 1.6x slower per decode step.
-    - `rowblocks` (float32 on AMD CPUs): for one row, MKL's batched GEMM over blocks of rows of
-      the weight itself (no copy), which read float32 about twice as fast as MKL's GEMV on an
-      AMD EPYC (Zen 4); on an Intel Xeon the plain GEMV (`F.linear`) was 2.8x faster than this,
-      so float32 keeps `F.linear` there. More rows: `F.linear`.
-    - `int8` (any device): int8 weights with one float scale per output row (symmetric, to
-      +-127), through ATen's weight-only int8 matmul, `_weight_int8pack_mm`, which converts the
-      weights as it reads them: half the bytes of bfloat16 per token. It wants bfloat16
-      activations on the CPU (float32 ones take a path about ten times slower there).
-    """
+    def matches(self, weight: torch.Tensor) -> bool: ...
 
-    def __init__(self, weight: torch.Tensor, kind: str, activations: torch.dtype) -> None:
-        if kind not in ("onednn", "rowblocks", "int8"):
-            raise ValueError(f"unknown packing {kind!r}")
-        w = weight.detach()
-        self.kind = kind
-        self.source = self.fingerprint(weight)
-        self.activations = activations
-        self.out_features = w.size(0)
-        self.scales: torch.Tensor | None = None
-        if kind == "onednn":
-            self.data = torch.ops.mkldnn._reorder_linear_weight(w.to(activations), 1)
-        elif kind == "rowblocks":
-            self.data = w  # the weight itself, read as blocks of rows
-            self.blocks = next((d for d in range(8, 65) if w.size(0) % d == 0), 0)
-        else:
-            self.data, scales = quantize_int8(w)
-            self.scales = scales.to(activations)
-            # ATen's kernel reads rows in blocks of 16: other widths got wrong sums (inf at 40)
-            # or crashed; those take the same int8 values through F.linear instead
-            self.dequantized = None
-            if w.size(1) % 16:
-                self.dequantized = (self.data.float() * scales[:, None]).to(activations)
-
-    @staticmethod
-    def fingerprint(weight: torch.Tensor) -> tuple[int, int, torch.dtype]:
-        # in-place changes (an optimizer step, load_state_dict) bump the version counter;
-        # a new tensor (cast_weights) has a new address. Tensors made under inference_mode
-        # keep no version counter (and can change in place only inside it).
-        version = -1 if weight.is_inference() else weight._version
-        return weight.data_ptr(), version, weight.dtype
-
-    def matches(self, weight: torch.Tensor) -> bool:
-        return self.fingerprint(weight) == self.source
-
-    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # (dtype checks in Python: a no-op `.to` still costs a dispatch, and a decode step
-        # makes about fifty of these calls)
-        if x.dtype != self.activations:
-            x = x.to(self.activations)
-        if bias is not None and bias.dtype != self.activations:
-            bias = bias.to(self.activations)
-        if self.kind == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(x, self.data, bias, "none", [], "")
-        if self.kind == "rowblocks":
-            return row_blocks_product(x, self.data, bias, self.blocks)
-        if self.dequantized is not None:
-            return F.linear(x, self.dequantized, bias)
-        flat = x.reshape(-1, x.size(-1))
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.data, self.scales)
-        y = y.view(*x.shape[:-1], self.out_features)
-        return y if bias is None else y + bias
-
-
-def row_blocks_product(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int
-) -> torch.Tensor:
-    """x (..., K) times weight (N, K): for one row, through a batched GEMM over `blocks` equal
-    blocks of the weight's rows (MKL spreads the blocks over threads); else `F.linear`."""
-    n, k = weight.shape
-    if x.numel() != k or not blocks:
-        return F.linear(x, weight, bias)
-    # (blocks, K, 1) with strides (0, 1, K): as a column of a K-row matrix MKL takes it as is,
-    # while strides (0, 1, 1) send it down a path about six times slower
-    column = x.reshape(1, k).t().expand(blocks, k, 1)
-    w = weight.view(blocks, n // blocks, k)
-    if bias is None:
-        y = torch.bmm(w, column)
-    else:
-        y = torch.baddbmm(bias.view(blocks, n // blocks, 1), w, column)
-    return y.view(*x.shape[:-1], n)
-
-
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight (N, K) -> int8 (N, K) and float32 scales (N,), symmetric per output row: the
-    row's largest magnitude maps to 127, so each weight is off by at most half a step."""
-    w = weight.detach().float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
-    q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-    return q, scales
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor: ...
 
 
 class Linear(nn.Linear):
-    """nn.Linear with an inference-only fast path: a `PackedWeight`, set by
-    `GPT.pack_for_inference`, serves calls without gradients while it matches the weight;
-    everything else (training, a changed weight) goes through `F.linear`."""
+    """nn.Linear with an inference-only fast path: a packed copy of the weight, set by
+    `gptcli.inference.packing.pack_weights`, serves calls without gradients while it matches
+    the weight; everything else (training, a changed weight) goes through `F.linear`."""
 
-    packed: PackedWeight | None = None
+    packed: PackedLinear | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         packed = self.packed
@@ -442,7 +353,7 @@ class GPT(nn.Module):
     def _hidden_static(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One token per row at position `cache.index` (a tensor), with no host-side state.
 
-        `index` holds one position for every row, or one per row: gptcli.batching's ragged
+        `index` holds one position for every row, or one per row: gptcli.inference.batching's ragged
         cache, whose rows are sequences of different lengths, decodes through this path too.
         """
         if idx.size(1) != 1:
@@ -473,14 +384,6 @@ class GPT(nn.Module):
         """Casts the parameters, in place, for inference; the rotary tables stay float32."""
         for p in self.parameters():
             p.data = p.data.to(dtype)
-
-    def pack_for_inference(self, kind: str | None, activations: torch.dtype) -> None:
-        """Gives every `Linear` (the head included) a `PackedWeight` of this kind, or none
-        (None). The parameters stay as they are: the embedding still reads the tied head's
-        weight, and training or saving never sees the packed copies."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.packed = PackedWeight(module.weight, kind, activations) if kind else None
 
     def grow_vocab(self, vocab_size: int) -> None:
         """Adds rows to the embedding and head, initialised to the mean of the existing ones."""

@@ -19,7 +19,9 @@ import torch
 
 from gptcli.config import TrainConfig
 from gptcli.data import Texts
-from gptcli.generate import TextStream, generate_tokens
+from gptcli.inference.generate import stream_text
+from gptcli.inference.sequence import Sequence
+from gptcli.inference.text import TextStream
 from gptcli.model import GPT
 from gptcli.record import RunDirectory
 from gptcli.sample import SamplingSettings
@@ -82,24 +84,16 @@ class Sampler:
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         stop = frozenset() if self.tokenizer.eot_id is None else frozenset({self.tokenizer.eot_id})
-        stream = TextStream(self.tokenizer)
+        seq = Sequence(
+            ids, SamplingSettings(temperature=0.8), generator, stop, SAMPLE_TOKENS,
+            TextStream(self.tokenizer),
+        )
         was_training = self.model.training
         self.model.eval()
         try:
-            pieces = [
-                stream.push(token)
-                for token in generate_tokens(
-                    self.model,
-                    ids,
-                    SAMPLE_TOKENS,
-                    SamplingSettings(temperature=0.8),
-                    generator,
-                    stop,
-                )
-            ]
+            return self.prompt + "".join(stream_text(self.model, ids, seq))
         finally:
             self.model.train(was_training)
-        return self.prompt + "".join(pieces) + stream.flush()
 
 
 class RunMonitor:

@@ -2,7 +2,7 @@
 
 Each filter takes logits (B, V) and returns new logits with the tokens it rules out set to
 -inf; `sample_next_token` applies them in a fixed order (penalties come first, from counts the
-caller keeps: see `gptcli.generate`) and draws one token per row.
+caller keeps: see `gptcli.inference.sequence`) and draws one token per row.
 """
 
 from __future__ import annotations

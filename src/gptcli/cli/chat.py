@@ -16,22 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gptcli.cli.console import err, info, out, print_json
-from gptcli.cli.generate import (
-    DeviceOption,
-    DtypeOption,
-    FrequencyPenaltyOption,
-    MinPOption,
-    ModelOption,
-    PresencePenaltyOption,
-    RepetitionPenaltyOption,
-    SeedOption,
-    TemperatureOption,
-    ThreadsOption,
-    TopKOption,
-    TopPOption,
-    load_for_inference,
-    sleeping_omp_threads,
-)
+from gptcli.cli.options import ModelOption
 from gptcli.cli.repl import (
     SETTINGS,
     Command,
@@ -42,7 +27,22 @@ from gptcli.cli.repl import (
     help_text,
     parse_input,
 )
+from gptcli.cli.sampling import (
+    DeviceOption,
+    DtypeOption,
+    FrequencyPenaltyOption,
+    MinPOption,
+    PresencePenaltyOption,
+    RepetitionPenaltyOption,
+    SeedOption,
+    TemperatureOption,
+    ThreadsOption,
+    TopKOption,
+    TopPOption,
+    sampling_settings,
+)
 from gptcli.errors import GptError
+from gptcli.hardware import sleeping_omp_threads
 
 if TYPE_CHECKING:
     from gptcli.conversation import ChatSession
@@ -87,19 +87,11 @@ def chat(
     sleeping_omp_threads()
     from gptcli.chat import load_template
     from gptcli.conversation import ChatSession, ChatSettings
-    from gptcli.sample import SamplingSettings
+    from gptcli.inference.loader import load
 
-    sampling = SamplingSettings(
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-    )
+    sampling = sampling_settings(locals())
     settings = ChatSettings(sampling=sampling, max_tokens=max_tokens, seed=seed, stats=stats)
-    loaded = load_for_inference(model, device, dtype, threads)
+    loaded = load(model, device, dtype, threads)
     template = load_template(loaded.path, loaded.tokenizer)
     session = ChatSession(loaded.model, loaded.tokenizer, template, settings, system)
     if sys.stdin.isatty() and not json_out:

@@ -38,10 +38,8 @@ def classify(
         typer.Option("--json", help="One JSON object per text, with every label's probability."),
     ] = False,
 ) -> None:
-    from gptcli.checkpoint import load_model
     from gptcli.evaluate import classify_probs
-    from gptcli.runtime import pick_device
-    from gptcli.store import ModelStore
+    from gptcli.inference.loader import load
 
     if text is not None and text != "-":
         texts = [text]
@@ -58,7 +56,7 @@ def classify(
             raise GptError("stdin is not UTF-8 text") from None
         if not texts:
             raise GptError("no text on stdin")
-    loaded = load_model(ModelStore().resolve(model), pick_device(device))
+    loaded = load(model, device, dtype=None)  # as stored: the classifier's own numbers
     labels = loaded.model.config.labels or []
     probs = classify_probs(loaded.model, loaded.tokenizer, texts)
     for line, row in zip(texts, probs.tolist(), strict=True):

@@ -191,7 +191,6 @@ def evaluate(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    from gptcli.checkpoint import load_model
     from gptcli.data import find_text_files, read_text
     from gptcli.evaluate import (
         LMScore,
@@ -202,7 +201,8 @@ def evaluate(
         score_tokens,
         scored_bytes,
     )
-    from gptcli.generate import inference_dtype, prepare_for_inference
+    from gptcli.inference.loader import load
+    from gptcli.inference.precision import inference_dtype
     from gptcli.runtime import pick_device
     from gptcli.store import ModelStore
     from gptcli.tasks.classify import read_labelled
@@ -230,14 +230,12 @@ def evaluate(
     else:
         files = find_text_files(data) if data else []
         texts = [(f.name, read_text(f)) for f in files]
-    dev = pick_device(device)
-    weights = inference_dtype(dtype, dev)
+    inference_dtype(dtype, pick_device(device))  # a bad --device or --dtype fails here
 
     rows = []
     with EvalProgress(quiet) as progress:
         for model_dir in model_dirs:
-            loaded = load_model(model_dir, dev)
-            prepare_for_inference(loaded.model, weights)
+            loaded = load(str(model_dir), device, dtype, store=store)
             name = loaded.name
             if task is Task.choice:
                 result: dict[str, Any] = score_choices(

@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 import typer
 
-from gptcli.cli.generate import sleeping_omp_threads
 from gptcli.cli.options import complete_model_name
 from gptcli.cli.runconfig import (
     ConfigFile,
@@ -16,7 +15,6 @@ from gptcli.cli.runconfig import (
     print_config,
     resolved_config,
 )
-from gptcli.cli.train import run_training, train_on_free_cores
 from gptcli.cli.trainflags import (
     Force,
     Inputs,
@@ -27,6 +25,7 @@ from gptcli.cli.trainflags import (
     train_settings,
     training_flags,
 )
+from gptcli.cli.training import measure_other_work, run_training, train_on_free_cores
 from gptcli.errors import GptError
 
 HELP = """Fine-tune a stored model (BASE is never modified; the result is a new model).
@@ -81,10 +80,7 @@ def finetune(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
-    sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
-    from gptcli.hardware import CoreUse
-
-    use = CoreUse()  # how busy other work keeps the cores while torch loads
+    use = measure_other_work()  # before torch loads
     from gptcli.finetune import FINETUNE_DEFAULTS
     from gptcli.store import check_name
 

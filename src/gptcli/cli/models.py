@@ -102,15 +102,14 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
 
 
 def cpu_inference_dtypes() -> dict[str, str]:
-    """What `--dtype auto` and `--dtype int8` run on this machine's CPU (as gptcli.generate
-    decides, found without importing torch)."""
-    from gptcli.hardware import cpu_has_fast_bf16
+    """What `--dtype auto` and `--dtype int8` run on this machine's CPU (the inference dtype
+    policy's answer, found without importing torch)."""
+    from gptcli.inference.precision import INT8_ON_CPU, cpu_auto_dtype
     from gptcli.kernels import describe
 
-    native = cpu_has_fast_bf16()
     return {
-        "auto": "bfloat16" if native else "float32",
-        "int8": "int8 x bfloat16",
+        "auto": cpu_auto_dtype(),
+        "int8": INT8_ON_CPU,
         "decode": describe(),
     }
 

@@ -1,4 +1,4 @@
-"""Options shared by several commands, and shell completion of model names.
+"""Options and inputs shared by several commands, and shell completion of model names.
 
 Completion runs on every Tab press, so it reads the store's directory listing and nothing
 else: no torch, no weights.
@@ -6,9 +6,12 @@ else: no torch, no weights.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+
+from gptcli.errors import GptError
 
 
 def complete_model_name(incomplete: str) -> list[str]:
@@ -30,3 +33,16 @@ ModelOption = Annotated[
         autocompletion=complete_model_name,
     ),
 ]
+
+
+def read_prompt(prompt: str | None) -> str:
+    """The argument, or all of stdin when it is omitted or '-'."""
+    if prompt is not None and prompt != "-":
+        return prompt
+    if sys.stdin.isatty():
+        raise GptError("no prompt: give one as an argument or pipe it through stdin")
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise GptError("the prompt on stdin is not UTF-8 text") from None

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from gptcli.cli.console import info
-from gptcli.cli.generate import DeviceOption, DtypeOption, ThreadsOption, sleeping_omp_threads
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.sampling import DeviceOption, DtypeOption, ThreadsOption
+from gptcli.hardware import sleeping_omp_threads
 
 HELP = """Serve models over an OpenAI-compatible HTTP API, with a chat page at /.
 
@@ -81,14 +82,14 @@ def serve(
         from gptcli.serve.app import ServedModel, Server, create_app
     except ImportError:
         raise GptError(INSTALL_HINT) from None
-    from gptcli.batching import BatchEngine
     from gptcli.chat import load_template
-    from gptcli.cli.generate import load_for_inference
+    from gptcli.inference.batching import BatchEngine
+    from gptcli.inference.loader import load
     from gptcli.serve.protocol import Limits
 
     served: list[ServedModel] = []
     for ref in model or [None]:
-        loaded = load_for_inference(ref, device, dtype, threads)
+        loaded = load(ref, device, dtype, threads)
         if any(s.name == loaded.name for s in served):
             raise GptError(f"two models are named {loaded.name!r}: serve each name once")
         template = load_template(loaded.path, loaded.tokenizer)

@@ -106,7 +106,7 @@ def encode_cmd(
     ids_only: Annotated[bool, typer.Option("--ids", help="Print only the ids.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="JSON with ids and pieces.")] = False,
 ) -> None:
-    from gptcli.cli.generate import read_prompt
+    from gptcli.cli.options import read_prompt
 
     tok = load_tokenizer(model, tokenizer)
     source = read_prompt(text)
@@ -150,7 +150,7 @@ def decode_cmd(
     tokenizer: TokenizerOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON with the text.")] = False,
 ) -> None:
-    from gptcli.cli.generate import read_prompt
+    from gptcli.cli.options import read_prompt
 
     tok = load_tokenizer(model, tokenizer)
     words = ids if ids else read_prompt(None).replace(",", " ").split()

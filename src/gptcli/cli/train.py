@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from gptcli.cli.console import err, info, print_json, stderr_is_tty
-from gptcli.cli.generate import sleeping_omp_threads
 from gptcli.cli.runconfig import (
     ConfigFile,
     PrintConfig,
@@ -32,11 +26,11 @@ from gptcli.cli.trainflags import (
     train_settings,
     training_flags,
 )
+from gptcli.cli.training import measure_other_work, run_training, train_on_free_cores
 from gptcli.errors import GptError
 
 if TYPE_CHECKING:
-    from gptcli.hardware import CoreUse
-    from gptcli.run import Job
+    pass
 
 HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
 
@@ -46,88 +40,6 @@ underscores); flags on the command line override it. --print-config shows the re
 Example: gpt train examples/stories --max-time 60s
 Example: gpt train examples/stories --max-time 5m --print-config > run.toml
 """
-
-
-class TrainProgress:
-    """A rich progress bar on a terminal; one line per evaluation elsewhere."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.live = stderr_is_tty() and not quiet
-        self.progress: Any = None
-
-    def __enter__(self) -> TrainProgress:
-        if self.live:
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]step {task.fields[step]}"),
-                BarColumn(),
-                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
-                TextColumn("{task.fields[rate]} tok/s"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=err,
-                transient=False,
-            )
-            self.progress.__enter__()
-            self.task = self.progress.add_task(
-                "train", total=1000, step="0", loss="-", val="-", rate="-"
-            )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def _show(self, stats: Any) -> None:
-        total = f"/{stats.total_steps}" if stats.total_steps else ""
-        val = fmt(stats.val_loss)
-        self.progress.update(
-            self.task,
-            completed=min(stats.progress, 1.0) * 1000,
-            step=f"{stats.step}{total}",
-            loss=fmt(stats.train_loss),
-            val=val,
-            rate=f"{stats.tokens_per_second:,.0f}",
-        )
-
-    def on_step(self, stats: Any) -> None:
-        if self.live:
-            self._show(stats)
-
-    def on_eval(self, stats: Any) -> None:
-        if self.live:
-            self._show(stats)
-        elif not self.quiet:
-            info(
-                f"step {stats.step}: train loss {fmt(stats.train_loss)}, "
-                f"val loss {fmt(stats.val_loss)}, "
-                f"{stats.tokens_per_second:,.0f} tok/s, {stats.seconds:.1f}s"
-            )
-
-    def on_sample(self, step: int, text: str) -> None:
-        """A sample from the model as it is now: above the bar on a terminal, a line otherwise."""
-        if self.quiet:
-            return
-        from rich.text import Text
-
-        line = Text.assemble((f"step {step} sample: ", "bold"), (text.replace("\n", " ⏎ "), "cyan"))
-        (self.progress.console if self.live else err).print(line, soft_wrap=True)
-
-
-MANY_PASSES = 4  # passes over the training tokens from which the summary warns
-
-
-def fmt(loss: float | None) -> str:
-    return "-" if loss is None else f"{loss:.4f}"
 
 
 def default_name(inputs: list[str]) -> str:
@@ -158,94 +70,6 @@ Dropout = Annotated[
 ]
 
 
-@contextlib.contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM (a scheduler's stop) acts as Ctrl+C: before and after the training loop it ends
-    the command as `error: interrupted`; inside the loop it stops after the step and saves."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # signals reach it only
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def run_training(job: Job, quiet: bool, json_out: bool) -> None:
-    """Runs a training job (`run.execute`) with a progress display and prints its summary.
-
-    Under torchrun only rank 0 prints.
-    """
-    from gptcli.run import execute
-    from gptcli.store import ModelStore
-
-    main_process = os.environ.get("RANK", "0") == "0"
-    quiet = quiet or not main_process
-    with sigterm_as_ctrl_c(), TrainProgress(quiet) as progress:
-        summary = execute(job, ModelStore(), progress, lambda m: info(m, quiet))
-    if not main_process:
-        return
-    if json_out:
-        print_json(summary)
-        return
-    from gptcli.record import describe_kept
-
-    typer.echo(
-        f"saved {summary['name']}: {summary['steps']} steps, "
-        f"train loss {fmt(summary['train_loss'])}, val loss {fmt(summary['val_loss'])}, "
-        f"{summary['seconds']:.1f}s; {describe_kept(summary.get('kept'))}"
-    )
-    if not quiet:
-        passes = summary["tokens"] / summary["train_tokens"] if summary.get("train_tokens") else 0
-        if passes >= MANY_PASSES:
-            info(
-                f"note: {passes:.0f} passes over {summary['train_tokens']:,} training tokens: "
-                "expect overfitting; more text helps"
-            )
-        info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
-
-
-TAKEN_FROM = 0.75  # 1 - the share of a core busy elsewhere that counts it as taken
-
-
-def share_the_cores(busy_elsewhere: float) -> str | None:
-    """Trains on the cores other work leaves free (at least one), unless OMP_NUM_THREADS says.
-
-    OpenMP threads that wait for a core another process holds stall every parallel region of a
-    step. On two cores shared with other work (load average 1.7 to 2.6), a step of the micro
-    preset took 128 to 138 ms on one thread, 155 to 162 ms on two sleeping threads
-    (OMP_WAIT_POLICY=PASSIVE), 90 to 654 ms on two spinning ones, and 760 to 820 ms with
-    GOMP_SPINCOUNT=30000. The measure, over the second torch takes to load, varies (0.51,
-    1.01, 1.04 cores in three loads a few seconds apart, load average 1.8 to 2.1), and two
-    threads on a core that turns out busy cost far more than one thread on an idle machine
-    (1.4x), so a core counts as taken from a quarter of it busy. `busy_elsewhere`: cores other
-    processes kept busy (hardware.CoreUse). Returns the line that says so when it gives cores
-    up, None otherwise.
-    """
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    import torch
-
-    threads = torch.get_num_threads()
-    taken = math.floor(busy_elsewhere + TAKEN_FROM)
-    free = max(1, threads - taken)
-    if free >= threads:
-        return None
-    torch.set_num_threads(free)
-    return (
-        f"training on {free} of {threads} threads: other work keeps {busy_elsewhere:.1f} "
-        "cores busy (OMP_NUM_THREADS sets the count)"
-    )
-
-
 RATE_SETTINGS = ("lr", "muon_lr", "warmup_steps")  # chosen together, or not at all
 SHAPE_NOTE = "(set with the model where it picks them, else the defaults)"
 
@@ -262,13 +86,6 @@ def chosen_with_the_shape(preset: str, flags: dict[str, Any]) -> list[str]:
     if all(flags.get(key) is None for key in RATE_SETTINGS):
         chosen += RATE_SETTINGS
     return chosen
-
-
-def train_on_free_cores(use: CoreUse, quiet: bool) -> None:
-    """`share_the_cores` with what `use` measured while torch loaded, saying so on stderr."""
-    said = share_the_cores(use.others())
-    if said:
-        info(said, quiet)
 
 
 @training_flags("train", after="dropout")
@@ -300,10 +117,7 @@ def train(
     quiet: Quiet = False,
     **flags: Any,
 ) -> None:
-    sleeping_omp_threads(only_when_busy=True)  # before torch loads (README Performance)
-    from gptcli.hardware import CoreUse
-
-    use = CoreUse()  # how busy other work keeps the cores while torch loads
+    use = measure_other_work()  # before torch loads
     from gptcli.config import FAMILIES, PRESETS
     from gptcli.store import check_name
 

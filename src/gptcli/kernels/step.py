@@ -94,7 +94,7 @@ def weight_type(model: GPT) -> torch.dtype | None:
 class RowCache(Protocol):
     """What the native step needs of a cache: float32 keys and values (layers, rows, heads,
     max_len, head_size), and `pos`, the tokens its row holds (a `KVCache`, or one slot of
-    `gptcli.batching.RaggedKVCache`)."""
+    `gptcli.inference.batching.RaggedKVCache`)."""
 
     k: torch.Tensor
     v: torch.Tensor

@@ -1,9 +1,9 @@
 """The ASGI app of `gpt serve`: routes, API key, request bodies, streaming, the web page.
 
-Each served model has one `BatchEngine` (gptcli.batching) on its own thread; a request turns
-its prompt into tokens here (the chat template for chat requests), submits it to the engine and
-relays the engine's events as one JSON response or as server-sent events. The engine's thread
-hands events to the event loop with `call_soon_threadsafe`.
+Each served model has one `BatchEngine` (gptcli.inference.batching) on its own thread; a
+request turns its prompt into tokens here (the chat template for chat requests), submits it to
+the engine and relays the engine's events as one JSON response or as server-sent events. The
+engine's thread hands events to the event loop with `call_soon_threadsafe`.
 
 Models are named only by the names given at start: a request cannot make the server load
 anything else, and nothing here writes to the store.
@@ -25,21 +25,21 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gptcli.batching import BatchEngine, Event, QueueFull, Request
 from gptcli.chat import Template
 from gptcli.checkpoint import LoadedModel
 from gptcli.conversation import Conversation
 from gptcli.errors import GptError
+from gptcli.inference.batching import BatchEngine, Event, QueueFull, Request
+from gptcli.inference.text import ReplyTrim
 from gptcli.serve.protocol import (
     ApiError,
     ChatParams,
     CompletionParams,
+    Envelope,
     Limits,
     SamplingParams,
     chat_params,
     completion_params,
-    now,
-    response_id,
     usage,
 )
 
@@ -109,25 +109,6 @@ async def read_json(request: HttpRequest, limit: int) -> dict[str, Any]:
     return body
 
 
-# -- streams of text ------------------------------------------------------------------------
-class Trim:
-    """A chat reply without leading or trailing whitespace, as `gpt chat` shows it; piece by
-    piece, so the streamed reply concatenates to the whole one."""
-
-    def __init__(self) -> None:
-        self.started = False
-        self.held = ""
-
-    def push(self, piece: str) -> str:
-        if not self.started:
-            piece = piece.lstrip()
-            self.started = bool(piece)
-        text = self.held + piece
-        body = text.rstrip()
-        self.held = text[len(body) :]
-        return body
-
-
 class Relay:
     """Engine events for one HTTP request's choices, on the event loop's side."""
 
@@ -182,6 +163,9 @@ class Relay:
     @property
     def completion_tokens(self) -> int:
         return sum(self.tokens)
+
+    def usage(self) -> dict[str, int]:
+        return usage(self.prompt_tokens, self.completion_tokens)
 
     async def events(self, http: HttpRequest | None = None) -> AsyncIterator[Event]:
         """Text and done events until every choice is done; cancels what is left when the
@@ -284,19 +268,12 @@ class Server:
         texts = [jobs[i // params.sampling.n].echo for i in range(relay.choices)]
         async for event in relay.events(request):
             texts[event.choice] += event.text
-        return JSONResponse(
-            {
-                "id": response_id("cmpl"),
-                "object": "text_completion",
-                "created": now(),
-                "model": served.name,
-                "choices": [
-                    {"text": text, "index": i, "logprobs": None, "finish_reason": relay.finish[i]}
-                    for i, text in enumerate(texts)
-                ],
-                "usage": usage(relay.prompt_tokens, relay.completion_tokens),
-            }
-        )
+        choices = [
+            {"text": text, "index": i, "logprobs": None, "finish_reason": relay.finish[i]}
+            for i, text in enumerate(texts)
+        ]
+        envelope = Envelope("cmpl", "text_completion", served.name)
+        return JSONResponse(envelope.wrap(choices, usage=relay.usage()))
 
     def _completion_job(self, served: ServedModel, text: str, params: CompletionParams) -> Job:
         tok = served.loaded.tokenizer
@@ -322,28 +299,21 @@ class Server:
         relay.submit(template.stop_ids(tok), template.stop_strings + params.sampling.stop)
         if params.sampling.stream:
             return self._stream(relay, request, "chat.completion.chunk", chat=True)
-        trims = [Trim() for _ in range(relay.choices)]
+        trims = [ReplyTrim() for _ in range(relay.choices)]
         texts = [""] * relay.choices
         async for event in relay.events(request):
             texts[event.choice] += trims[event.choice].push(event.text)
-        return JSONResponse(
+        choices = [
             {
-                "id": response_id("chatcmpl"),
-                "object": "chat.completion",
-                "created": now(),
-                "model": served.name,
-                "choices": [
-                    {
-                        "index": i,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
-                        "finish_reason": relay.finish[i],
-                    }
-                    for i, text in enumerate(texts)
-                ],
-                "usage": usage(relay.prompt_tokens, relay.completion_tokens),
+                "index": i,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": relay.finish[i],
             }
-        )
+            for i, text in enumerate(texts)
+        ]
+        envelope = Envelope("chatcmpl", "chat.completion", served.name)
+        return JSONResponse(envelope.wrap(choices, usage=relay.usage()))
 
     def _chat_job(self, served: ServedModel, params: ChatParams) -> Job:
         """The template's prompt, leaving out the oldest turns to fit, as `gpt chat` does."""
@@ -358,21 +328,11 @@ class Server:
         return Job(ids, min(len(ids), served.context))
 
     def _stream(self, relay: Relay, request: HttpRequest, kind: str, chat: bool) -> Response:
-        ident = response_id("chatcmpl" if chat else "cmpl")
-        created = now()
-        name = relay.served.name
+        envelope = Envelope("chatcmpl" if chat else "cmpl", kind, relay.served.name)
         include_usage = relay.params.include_usage
 
         def chunk(choices: list[dict[str, Any]]) -> str:
-            data: dict[str, Any] = {
-                "id": ident,
-                "object": kind,
-                "created": created,
-                "model": name,
-                "choices": choices,
-            }
-            if include_usage:
-                data["usage"] = None
+            data = envelope.wrap(choices, usage=None) if include_usage else envelope.wrap(choices)
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
@@ -382,7 +342,7 @@ class Server:
             return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
 
         async def body() -> AsyncIterator[str]:
-            trims = [Trim() for _ in range(relay.choices)]
+            trims = [ReplyTrim() for _ in range(relay.choices)]
             for i in range(relay.choices):  # the role (chat) or the echoed prompt first
                 if chat:
                     first = {"role": "assistant", "content": ""}
@@ -403,15 +363,7 @@ class Server:
                 yield f"data: {json.dumps(exc.body())}\n\n"
                 return
             if include_usage:
-                data = {
-                    "id": ident,
-                    "object": kind,
-                    "created": created,
-                    "model": name,
-                    "choices": [],
-                    "usage": usage(relay.prompt_tokens, relay.completion_tokens),
-                }
-                yield f"data: {json.dumps(data)}\n\n"
+                yield f"data: {json.dumps(envelope.wrap([], usage=relay.usage()))}\n\n"
             yield "data: [DONE]\n\n"
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

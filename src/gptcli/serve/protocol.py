@@ -290,6 +290,23 @@ def now() -> int:
     return int(time.time())
 
 
+class Envelope:
+    """What every response and stream chunk of one request carries around its choices: the id,
+    the object kind, the creation time and the model."""
+
+    def __init__(self, prefix: str, kind: str, model: str) -> None:
+        self.ident, self.kind, self.model, self.created = response_id(prefix), kind, model, now()
+
+    def wrap(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.ident,
+            "object": self.kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        } | extra
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,

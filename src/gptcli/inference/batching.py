@@ -6,9 +6,9 @@ prompt's prefill (run alone, then copied into free slots), every active sequence
 by one token in one shared forward pass per step, and a sequence that ends (stop token, stop
 string, max_tokens, cancelled by its caller) leaves its slot at once without holding up the rest.
 
-Per token the engine does what `gptcli.generate.generate_batch` does for one sample (penalties
-from running counts, `sample_next_token` with the sequence's own generator, stop ids, text through
-`TextStream`), so a request running alone gets the tokens `gpt generate` prints: on the CPU
+Per token each choice goes through the same policy as `gpt generate`'s samples
+(`gptcli.inference.sequence`: penalties, its own generator, stop ids, stop strings, text), so a
+request running alone gets the tokens `gpt generate` prints: on the CPU
 its prefill and steps go through the native step `gpt generate` runs for one row
 (`gptcli.kernels`), on the request's slot of the shared cache. Sequences decoded side by side
 go through torch's batched matrix products, whose float sums may differ from a lone row's in
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 import torch
 
 from gptcli.errors import GptError
-from gptcli.generate import TextStream, TokenCounts
+from gptcli.inference.sequence import Sequence, sample_rows
+from gptcli.inference.text import TextStream
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.model import GPT, KVCache
-from gptcli.sample import SamplingSettings, sample_next_token
+from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer
 
 
@@ -149,8 +150,9 @@ class Request:
         self.cancelled = True
 
 
-class Sequence:
-    """One choice of a request in a slot: its tokens, sampling state and text."""
+class Choice(Sequence):
+    """One choice of a request in a slot: a `Sequence` that tells the request's sink its text
+    and its end."""
 
     def __init__(
         self,
@@ -161,73 +163,27 @@ class Sequence:
         tokenizer: Tokenizer,
         device: torch.device,
     ) -> None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(request.seed + choice)
+        stream = TextStream(tokenizer, request.stops)
+        super().__init__(
+            window, request.settings, generator, request.stop_ids, request.max_tokens, stream
+        )
         self.request, self.choice, self.slot = request, choice, slot
-        self.history = list(window)  # prompt window + tokens: for a window prefilled again
         self.length = len(window)  # tokens in the slot's cache
-        self.generated = 0
-        self.last = 0  # the token to feed at the next step
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(request.seed + choice)
-        self.counts: TokenCounts | None = None
-        self.stream = TextStream(tokenizer, request.stops)
-        self.finished = False
 
-    def emit(self, event: Event) -> None:
-        self.request.sink(event)
-
-    def accept(self, logits: torch.Tensor, vocab: int) -> None:
-        """Samples the next token from logits (1, V) and takes it."""
-        self.take(sample_rows([self], logits, vocab)[0])
-
-    def take(self, token: int) -> None:
-        """The sampled token: emits its text, or the end."""
-        if token in self.request.stop_ids:
-            return self.finish("stop")
-        self.generated += 1
-        self.history.append(token)
-        piece = self.stream.push(token)
+    def advance(self, token: int) -> None:
+        """The sampled token: emits its text, and the end when it ends the choice."""
+        piece = self.take(token)
         if piece:
-            self.emit(Event("text", self.choice, text=piece))
-        if self.stream.stopped:
-            return self.finish("stop")
-        if self.generated >= self.request.max_tokens:
-            return self.finish("length")
-        if self.counts is not None:
-            self.counts.add(torch.tensor([[token]], device=self.counts.seen.device))
-        self.last = token
-
-    def finish(self, reason: str) -> None:
-        rest = self.stream.flush()
-        if rest:
-            self.emit(Event("text", self.choice, text=rest))
-        self.finished = True
-        self.emit(Event("done", self.choice, finish=reason, tokens=self.generated))
-
-
-def sample_rows(seqs: list[Sequence], logits: torch.Tensor, vocab: int) -> list[int]:
-    """The next token of each sequence from its row of logits (len(seqs), V).
-
-    Rows with the same settings and no penalties are filtered and normalised together, each
-    still drawing from its own generator (so a row gets the token it would get alone); a row
-    with penalties first applies its own running counts.
-    """
-    tokens = [0] * len(seqs)
-    groups: dict[SamplingSettings, list[int]] = {}
-    for row, seq in enumerate(seqs):
-        settings = seq.request.settings
-        if not settings.penalized:
-            groups.setdefault(settings, []).append(row)
-            continue
-        if seq.counts is None:
-            seq.counts = TokenCounts(seq.history, 1, vocab, logits.device)
-        penalized = seq.counts.apply(logits[row : row + 1], settings)
-        tokens[row] = int(sample_next_token(penalized, settings, [seq.generator]).item())
-    for settings, rows in groups.items():
-        picked = logits[rows[0] : rows[0] + 1] if len(rows) == 1 else logits[rows]
-        ids = sample_next_token(picked, settings, [seqs[r].generator for r in rows])
-        for row, token in zip(rows, ids.view(-1).tolist(), strict=True):
-            tokens[row] = token
-    return tokens
+            self.request.sink(Event("text", self.choice, text=piece))
+        if self.finished:
+            rest = self.rest()
+            if rest:
+                self.request.sink(Event("text", self.choice, text=rest))
+            self.request.sink(
+                Event("done", self.choice, finish=self.finish, tokens=self.generated)
+            )
 
 
 class QueueFull(GptError):
@@ -246,8 +202,8 @@ class BatchEngine:
         self.vocab = model.config.vocab_size
         self.cache = RaggedKVCache(model, max_batch)
         self.waiting: deque[Request] = deque()
-        self.active: dict[int, Sequence] = {}  # slot -> sequence
-        self.refill: list[Sequence] = []  # full sequences whose newest half is prefilled again
+        self.active: dict[int, Choice] = {}  # slot -> sequence
+        self.refill: list[Choice] = []  # full sequences whose newest half is prefilled again
         self.lock = threading.Condition()
         self.stopping = False
         self.steps = 0  # decode steps run (one forward pass each)
@@ -376,19 +332,19 @@ class BatchEngine:
                 slot = next(free)
                 if prefilled is not None:
                     self.cache.store(slot, prefilled, len(window), row)
-                seq = Sequence(request, choice, slot, window, self.tokenizer, self.cache.k.device)
+                seq = Choice(request, choice, slot, window, self.tokenizer, self.cache.k.device)
                 self.active[slot] = seq
                 joined.append(seq)
                 rows.append(row)
-        for seq, token in zip(joined, sample_rows(joined, logits[rows], self.vocab), strict=True):
-            seq.take(token)
+        for seq, token in zip(joined, sample_rows(joined, logits[rows]), strict=True):
+            seq.advance(token)
             self._check_full(seq)
 
-    def _check_full(self, seq: Sequence) -> None:
+    def _check_full(self, seq: Choice) -> None:
         if not seq.finished and seq.length >= self.context:
             self.refill.append(seq)
 
-    def _prefill_again(self, seq: Sequence) -> None:
+    def _prefill_again(self, seq: Choice) -> None:
         """A sequence that filled the context goes on from its newest half (as gpt generate
         does for a model with learned positions)."""
         if seq.finished or seq.request.cancelled:
@@ -402,7 +358,7 @@ class BatchEngine:
             logits, prefilled = self._prefill(window)
             self.cache.store(seq.slot, prefilled, len(window))
         seq.length = len(window)
-        seq.accept(logits, self.vocab)
+        seq.advance(sample_rows([seq], logits)[0])
         self._check_full(seq)
 
     def _step(self) -> None:
@@ -423,9 +379,9 @@ class BatchEngine:
             logits, _ = self.model(tokens, cache=self.cache, last_only=True)
             logits = logits[:, -1].float()
         self.steps += 1
-        for seq, token in zip(seqs, sample_rows(seqs, logits, self.vocab), strict=True):
+        for seq, token in zip(seqs, sample_rows(seqs, logits), strict=True):
             seq.length += 1
-            seq.take(token)
+            seq.advance(token)
             self._check_full(seq)
 
     def _drop_ended(self) -> None:
