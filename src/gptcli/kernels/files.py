@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -99,7 +100,7 @@ def compile_into(cc: str, out: Path) -> None:
         raise Unavailable(f"the native kernel did not build: {exc}") from None
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        if "omp" in done.stderr.lower():  # -fopenmp refused, omp.h or libgomp missing
+        if re.search(r"openmp|omp\.h|gomp|libomp", done.stderr, re.IGNORECASE):
             raise Unavailable(f"the C compiler has no OpenMP ({cc} failed: {last})")
         raise Unavailable(f"the native kernel did not build: {cc} failed: {last}")
 
