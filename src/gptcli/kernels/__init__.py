@@ -1,79 +1,50 @@
 """Native CPU kernels: `decode.c`, built on first use with the machine's C compiler and loaded
 with ctypes.
 
-The library is compiled for this CPU (`-march=native`) into `$GPTCLI_HOME/kernels/` (or
-`$GPTCLI_KERNELS`), named by
-a hash of the source, the flags, the compiler and the CPU, so a change to any of them builds
-it again, once. It links OpenMP by name (`libgomp.so.1`), which resolves to the runtime torch
-has already loaded: one pool of threads for both. Where there is no compiler, the build fails
-or `GPTCLI_NATIVE=0` is set, `library()` is None, `unavailable()` says why, and callers use
-torch's kernels instead. `pip install` stays plain: nothing is compiled until a decode needs it.
+The library is compiled for this CPU (`-march=native`) into its own per-user cache directory
+or `$GPTCLI_KERNELS`, never into the model store, and loaded only when it passes the
+ownership checks (`files.py`) and speaks this side's ABI (`abi.py`). It links OpenMP by name
+(`libgomp.so.1`), which resolves to the runtime torch has already loaded: one pool of threads
+for both. Where there is no compiler, the build fails, the compiler has no OpenMP, the ABI
+differs or `GPTCLI_NATIVE=0` is set, `library()` is None, `unavailable()` says why, and
+callers use torch's kernels instead; but for `GPTCLI_NATIVE=0` (a choice, said nowhere), one
+line on stderr says so, once per process. `pip install` stays plain: nothing is compiled until
+a decode needs it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
-from gptcli.hardware import cpu_flags
+from gptcli.kernels import abi, files
+from gptcli.kernels.files import kernels_dir, library_path
 
-SOURCE = Path(__file__).with_name("decode.c")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared"]
+__all__ = ["compiler", "describe", "kernels_dir", "library", "library_path", "loaded_from"]
 
 _why_not: list[str] = []  # the reason the library is unavailable, once known
+_where: list[Path] = []  # the path the loaded library was checked and loaded at
+_told: list[str] = []  # the fallback line, once said
 
 
 def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
 
-def kernels_dir() -> Path:
-    """$GPTCLI_KERNELS if set (the test suite shares one build this way), else the store's."""
-    from gptcli.store import store_home
-
-    given = os.environ.get("GPTCLI_KERNELS")
-    return Path(given) if given else store_home() / "kernels"
-
-
-def library_path(cc: str, directory: Path) -> Path:
-    """Where the library built by `cc` for this source and CPU lives in `directory`."""
-    source = SOURCE.read_bytes()
-    vendor, flags = cpu_flags()
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join(FLAGS).encode(), cc.encode(), vendor.encode()])
-        + " ".join(sorted(flags)).encode()
-    ).hexdigest()[:16]
-    return directory / f"decode-{key}.so"
-
-
-def build(cc: str, directory: Path) -> Path:
-    """Compiles decode.c into `directory` (reused when already there); raises on failure."""
-    target = library_path(cc, directory)
-    if target.is_file():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        out = Path(tmp) / target.name
-        done = subprocess.run(
-            [cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=120,
+def fall_back(why: str) -> None:
+    """Records why the library is unavailable and says it on stderr, once per process."""
+    _why_not.append(why)
+    if not _told:
+        _told.append(why)
+        sys.stderr.write(
+            f"warning: decoding with torch's kernels, slower than the native step: {why} "
+            "(GPTCLI_NATIVE=0 chooses torch's kernels without this line)\n"
         )
-        if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{cc} failed: {last}")
-        os.replace(out, target)  # atomic: a concurrent build of the same key is harmless
-    for old in directory.glob("decode-*.so"):  # builds of older sources (a library in use stays
-        if old != target:  # mapped where it is loaded)
-            old.unlink(missing_ok=True)
-    return target
+        sys.stderr.flush()
 
 
 @functools.cache
@@ -84,22 +55,29 @@ def library() -> ctypes.CDLL | None:
         return None
     cc = compiler()
     if cc is None:
-        _why_not.append("no C compiler (cc) on PATH")
+        fall_back("no C compiler (cc, gcc or $CC) on PATH")
         return None
     import torch  # noqa: F401  (its OpenMP runtime first, so that ours resolves to it)
 
     try:
-        lib = ctypes.CDLL(str(build(cc, kernels_dir())))
-    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        _why_not.append(f"the native kernel did not build: {exc}")
+        lib, where = files.load(cc, kernels_dir())
+        abi.check(lib)
+    except (files.Unavailable, abi.AbiMismatch) as exc:
+        fall_back(str(exc))
         return None
     lib.gptcli_forward.restype = ctypes.c_int
+    _where.append(where)
     return lib
 
 
 def unavailable() -> str | None:
     """Why `library()` is None, or None when it is available."""
     return None if library() is not None else _why_not[-1]
+
+
+def loaded_from() -> Path | None:
+    """The path the loaded library was checked at (a private build's is gone once loaded)."""
+    return _where[-1] if library() is not None else None
 
 
 def describe() -> str:

@@ -60,6 +60,20 @@ typedef struct {
     int64_t layer_stride;       /* floats from one layer's cache to the next */
 } Model;
 
+/* The ABI this library speaks, which gptcli.kernels.abi checks before any other call: its
+   version, and the size of every struct an entry point takes, in the order of `STRUCTS` in
+   abi.py. A new entry point appends its structs to both lists; a change in what an existing
+   struct or function means bumps the version. Writes at most `capacity` sizes and returns
+   how many structs there are. */
+#define GPTCLI_ABI_VERSION 1
+int gptcli_abi(int32_t *version, int64_t *sizes, int32_t capacity) {
+    const int64_t mine[] = {sizeof(Matrix), sizeof(Layer), sizeof(Model)};
+    const int32_t count = (int32_t)(sizeof(mine) / sizeof(mine[0]));
+    *version = GPTCLI_ABI_VERSION;
+    for (int32_t i = 0; i < count && i < capacity; i++) sizes[i] = mine[i];
+    return count;
+}
+
 static inline float from_bf16(bf16 h) {
     union { uint32_t u; float f; } c;
     c.u = (uint32_t)h << 16;

@@ -17,54 +17,10 @@ import torch
 
 from gptcli import kernels
 from gptcli.errors import GptError
+from gptcli.kernels.abi import Layer, Matrix, Model, P
 from gptcli.model import GPT, KVCache, Linear, rotary_at
 
 WEIGHT_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
-P = ctypes.c_void_p
-
-
-class Matrix(ctypes.Structure):
-    _fields_ = [("w", P), ("scale", P), ("bias", P)]
-
-
-class Layer(ctypes.Structure):
-    _fields_ = [
-        ("ln1_w", P),
-        ("ln1_b", P),
-        ("ln2_w", P),
-        ("ln2_b", P),
-        ("q_norm", P),
-        ("k_norm", P),
-        ("attn", Matrix),
-        ("proj", Matrix),
-        ("fc", Matrix),
-        ("mlp_proj", Matrix),
-    ]
-
-
-class Model(ctypes.Structure):
-    _fields_ = [
-        ("n_layer", ctypes.c_int64),
-        ("n_embd", ctypes.c_int64),
-        ("n_head", ctypes.c_int64),
-        ("head_size", ctypes.c_int64),
-        ("vocab", ctypes.c_int64),
-        ("max_len", ctypes.c_int64),
-        ("family", ctypes.c_int32),
-        ("wtype", ctypes.c_int32),
-        ("ptype", ctypes.c_int32),
-        ("embed_norm", ctypes.c_int32),
-        ("eps", ctypes.c_float),
-        ("wte", P),
-        ("wpe", P),
-        ("ln_f_w", P),
-        ("ln_f_b", P),
-        ("head", Matrix),
-        ("k_cache", P),
-        ("v_cache", P),
-        ("layers", ctypes.POINTER(Layer)),
-        ("layer_stride", ctypes.c_int64),
-    ]
 
 
 def matrices(model: GPT) -> list[torch.nn.Module]:
