@@ -1,4 +1,4 @@
-"""A Chinese corpus works as an English one does: classical prose from ../shared/data."""
+"""A Chinese corpus works as an English one does: classical prose from SHARED_DATA."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, TINY, run
 from gptcli.tokenizer import StreamDecoder, Tokenizer, iter_chunks
 
 GUWEN = SHARED_DATA / "guwenguanzhi.txt"
-pytestmark = pytest.mark.skipif(not GUWEN.is_file(), reason=f"{GUWEN} is not here")
+pytestmark = pytest.mark.shared_data("guwenguanzhi.txt")
 
 
 @pytest.fixture(scope="module")

@@ -145,6 +145,7 @@ def test_windows_score_each_target_once() -> None:
     assert [w[:2] for w in windows(73, 24, 24)] == [(0, 24), (24, 48), (48, 72)]
 
 
+@pytest.mark.shared_data("guwenguanzhi.txt")
 def test_bits_per_byte_on_chinese(home: Path, tmp_path: Path) -> None:
     text = (SHARED_DATA / "guwenguanzhi.txt").read_text(encoding="utf-8")[:300]
     assert len(text.encode()) > 2.5 * len(text)  # mostly 3-byte characters
