@@ -26,14 +26,36 @@ def test_generate_equals_the_cli(trained_home: Path) -> None:
     assert model.name == "tiny" and model.config.block_size == 32
     assert model.tokenizer.decode(model.tokenizer.encode("Once")) == "Once"
     cli = json.loads(
-        run("generate", "Once", "-m", "tiny", "-n", "40", "--seed", "3", "--dtype", "float32",
-            "--json").stdout
+        run(
+            "generate",
+            "Once",
+            "-m",
+            "tiny",
+            "-n",
+            "40",
+            "--seed",
+            "3",
+            "--dtype",
+            "float32",
+            "--json",
+        ).stdout
     )["text"]
     assert model.generate("Once", max_new_tokens=40, seed=3) == cli
     greedy = model.generate("Once", 40, temperature=0)
     cli_greedy = json.loads(
-        run("generate", "Once", "-m", "tiny", "-n", "40", "--temperature", "0", "--dtype",
-            "float32", "--json").stdout
+        run(
+            "generate",
+            "Once",
+            "-m",
+            "tiny",
+            "-n",
+            "40",
+            "--temperature",
+            "0",
+            "--dtype",
+            "float32",
+            "--json",
+        ).stdout
     )["text"]
     assert greedy == cli_greedy
 
