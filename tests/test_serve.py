@@ -77,9 +77,9 @@ class Served:
             if not line:
                 break
             self.lines.append(line)
-            found = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
+            found = re.search(r"on http://(?:127\.0\.0\.1|0\.0\.0\.0):(\d+) ", line)
             if found:
-                self.url = found.group(1)
+                self.url = f"http://127.0.0.1:{found.group(1)}"
                 return
         self.stop()
         raise AssertionError(f"gpt serve did not start: {''.join(self.lines)}")

@@ -6,7 +6,9 @@ the engine and relays the engine's events as one JSON response or as server-sent
 engine's thread hands events to the event loop with `call_soon_threadsafe`.
 
 Models are named only by the names given at start: a request cannot make the server load
-anything else, and nothing here writes to the store.
+anything else, and nothing here writes to the store. Before any route runs (before a body is
+read), `OriginGuard` refuses requests whose Host or Origin the server's `origins.Policy` does
+not allow, and answers the CORS preflights of the origins it does.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gptcli.chat import Template
 from gptcli.checkpoint import LoadedModel
@@ -31,6 +36,7 @@ from gptcli.conversation import Conversation
 from gptcli.errors import GptError
 from gptcli.inference.batching import BatchEngine, Event, QueueFull, Request
 from gptcli.inference.text import ReplyTrim
+from gptcli.serve.origins import Policy
 from gptcli.serve.protocol import (
     ApiError,
     ChatParams,
@@ -399,7 +405,58 @@ async def on_unexpected(request: HttpRequest, exc: Exception) -> Response:
     return error_response(ApiError(500, message, code="internal_error", kind="server_error"))
 
 
-def create_app(server: Server) -> Starlette:
+class OriginGuard:
+    """ASGI middleware: the Host and Origin checks, and CORS for the allowed foreign origins.
+
+    A refused request gets 403 with OpenAI's error body and never reaches a route: its body is
+    not read, so nothing is parsed, queued or generated."""
+
+    ALLOW_METHODS = "GET, POST, OPTIONS"
+    ALLOW_HEADERS = "Authorization, Content-Type"
+
+    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+        self.app, self.policy = app, policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        local = scope.get("server")
+        verdict = self.policy.check(
+            headers.get("host"), headers.get("origin"), local[0] if local else None
+        )
+        if not verdict.allowed:
+            assert verdict.refusal is not None
+            error = ApiError(403, verdict.refusal, code=verdict.code)
+            await error_response(error)(scope, receive, send)
+            return
+        cors = verdict.cors_origin
+        if cors is None:
+            await self.app(scope, receive, send)
+            return
+        answer = {"Access-Control-Allow-Origin": cors, "Vary": "Origin"}
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            asked = headers.get("access-control-request-headers")
+            answer |= {
+                "Access-Control-Allow-Methods": self.ALLOW_METHODS,
+                "Access-Control-Allow-Headers": asked or self.ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+            }
+            if "access-control-request-private-network" in headers:
+                answer["Access-Control-Allow-Private-Network"] = "true"  # a public page, allowed
+            await Response(status_code=204, headers=answer)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(answer)
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def create_app(server: Server, policy: Policy) -> Starlette:
     routes = [
         Route("/", server.page, methods=["GET"]),
         Route("/health", server.health, methods=["GET"]),
@@ -409,4 +466,5 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     handlers = {ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected}
-    return Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    guard = Middleware(OriginGuard, policy=policy)
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=[guard])  # type: ignore[arg-type]
