@@ -150,7 +150,7 @@ def test_metrics_grow_during_the_run_and_models_show(
         "name", "path", "default", "weights", "kind", "task", "base", "source", "family",
         "preset", "params", "layers", "heads", "width", "context", "vocab_size", "labels",
         "tokenizer", "data", "data_files", "steps", "tokens", "seconds", "train_loss",
-        "val_loss", "stopped", "kept", "created", "size_bytes", "weights_bytes",
+        "val_loss", "kept_val_loss", "stopped", "kept", "created", "size_bytes", "weights_bytes",
         "train_state_bytes", "config", "history", "inference_dtype",
     }  # fmt: skip
     assert set(shown) == documented

@@ -90,6 +90,18 @@ def test_keep_best_stores_the_best_validation_checkpoint(home: Path, small: Path
     assert show["kept"]["step"] == at
     text = run("models", "show", "best").stdout
     assert f"stored     step {at}: the best validation loss ({lowest:.4f})" in text
+    # the first losses are the stored weights', then the last evaluation's, named as such
+    losses = text.split("  losses")[1].splitlines()
+    assert losses[0].endswith(f"validation {lowest:.4f} (step {at})")
+    assert losses[1].strip().startswith("last evaluation (step 80): train ")
+    assert losses[1].endswith(f", validation {best['val_loss']:.4f}")
+    listed = {m["name"]: m for m in json.loads(run("models", "list", "--json").stdout)["models"]}
+    assert listed["best"]["kept_val_loss"] == lowest
+    assert listed["best"]["val_loss"] == best["val_loss"] > lowest  # as before: the last one's
+    assert listed["last"]["kept_val_loss"] == listed["last"]["val_loss"] == last["val_loss"]
+    table = run("models", "list").stdout.splitlines()
+    row = next(line for line in table if line.lstrip("* ").startswith("best "))
+    assert f" {lowest:.4f} " in row and f"{best['val_loss']:.4f}" not in row
     line = run("train", str(small), *OVERFIT, "--name", "again").stdout
     assert line.strip().endswith(f"kept step {at}: the best validation loss ({lowest:.4f})")
 

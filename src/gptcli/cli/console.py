@@ -1,7 +1,7 @@
 """Consoles: results go to stdout, progress and messages to stderr.
 
-Colour and progress bars only on a terminal, and no colour at all when NO_COLOR is set
-(https://no-color.org). Both are decided each time something is printed, not when the
+Colour, progress bars and line wrapping only on a terminal, and no colour at all when NO_COLOR
+is set (https://no-color.org). They are decided each time something is printed, not when the
 module is imported, so one process can print to a pipe and to a terminal.
 """
 
@@ -32,6 +32,16 @@ class TerminalConsole(Console):
     @_color_system.setter
     def _color_system(self, value: Any) -> None:
         pass  # rich's constructor sets it once; we decide per print instead
+
+    @property  # type: ignore[override]  # rich's attribute, made a property read per print
+    def soft_wrap(self) -> bool:
+        """Outside a terminal (a pipe, a log file) a message is one line, whatever its length:
+        rich would otherwise break it at 80 columns, and grep and log collectors see halves."""
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
 
 
 err = TerminalConsole(stderr=True, highlight=False)

@@ -89,6 +89,7 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "seconds": result.get("seconds"),
         "train_loss": result.get("train_loss"),
         "val_loss": result.get("val_loss"),
+        "kept_val_loss": kept_val_loss(result),
         "stopped": result.get("stopped"),
         "kept": result.get("kept"),
         "created": info.get("created"),
@@ -99,6 +100,13 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "history": info.get("history", []),
         "inference_dtype": cpu_inference_dtypes(),
     }
+
+
+def kept_val_loss(result: dict[str, Any]) -> float | None:
+    """The validation loss of the weights stored (keep-best may store an earlier step than the
+    last evaluation, whose loss is `val_loss`); runs from before keep-best stored the last."""
+    kept = result.get("kept")
+    return kept.get("val_loss") if kept else result.get("val_loss")
 
 
 def cpu_inference_dtypes() -> dict[str, str]:
@@ -164,8 +172,12 @@ def human_time(seconds: float | None) -> str:
 @app.command(
     "list",
     cls=Command,
-    help="Stored models, newest first: parameters, context, last validation loss, size on disk "
-    "and date. Runs that have not saved a model yet are listed as training.\n\n"
+    help="Stored models, newest first: parameters, context, the validation loss of the weights "
+    "stored, size on disk and date. Runs that have not saved a model yet are listed as "
+    "training.\n\n"
+    "--json: the fields of gpt models show --json but history; kept_val_loss is the stored "
+    "weights' validation loss, val_loss the last evaluation's (they differ when an earlier "
+    "step was kept as the best).\n\n"
     "Example: gpt models list --json",
 )
 def list_cmd(json_out: JsonOption = False) -> None:
@@ -210,7 +222,7 @@ def list_cmd(json_out: JsonOption = False) -> None:
             damaged = Text(f"damaged: {r['damaged']}", style="red")
             table.add_row(mark + r["name"], damaged, "-", "-", "-", "-", "-")
             continue
-        val = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        val = fmt_loss(r["kept_val_loss"])
         table.add_row(
             mark + r["name"],
             r["family"] or "(training)",
@@ -232,9 +244,10 @@ that `gpt train --config` reads). A run still training shows its progress so far
 --json fields: name, path, default, weights (false before a run's first checkpoint), kind
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
 context, vocab_size, labels, tokenizer, data {files, bytes, train_tokens, val_tokens,
-train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss, val_loss,
-stopped (max_steps, max_time, interrupted, running), kept (the step whose weights are stored:
-step, val_loss, why), created, size_bytes, weights_bytes,
+train_examples, val_examples}, data_files, steps, tokens, seconds, train_loss and val_loss
+(the last evaluation's), kept_val_loss (the stored weights'), stopped (max_steps, max_time,
+interrupted, running), kept (the step whose weights are stored: step, val_loss, why), created,
+size_bytes, weights_bytes,
 train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
 inference_dtype {auto, int8, decode} (what `--dtype auto` and `--dtype int8` run on this
@@ -339,12 +352,7 @@ def print_summary(row: dict[str, Any]) -> None:
         lines.append(
             ("training", f"{row['steps']:,} steps{tokens} in {human_time(row['seconds'])}, {state}")
         )
-        lines.append(
-            (
-                "losses",
-                f"train {fmt_loss(row['train_loss'])}, validation {fmt_loss(row['val_loss'])}",
-            )
-        )
+        lines.extend(loss_lines(row))
         if row["kept"]:
             from gptcli.record import describe_kept
 
@@ -382,6 +390,19 @@ def print_summary(row: dict[str, Any]) -> None:
 
 def fmt_loss(loss: float | None) -> str:
     return "-" if loss is None else f"{loss:.4f}"
+
+
+def loss_lines(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """`models show`'s losses: the stored weights' first, then the last evaluation's when
+    keep-best stored an earlier step."""
+    last = f"train {fmt_loss(row['train_loss'])}, validation {fmt_loss(row['val_loss'])}"
+    kept = row["kept"]
+    if not kept or kept.get("step") in (None, row["steps"]):
+        return [("losses", last)]
+    at = [h for h in row["history"] if h.get("step") == kept["step"]]
+    train = fmt_loss(at[-1].get("train_loss")) if at else "-"
+    stored = f"train {train}, validation {fmt_loss(kept.get('val_loss'))} (step {kept['step']})"
+    return [("losses", stored), ("", f"last evaluation (step {row['steps']}): {last}")]
 
 
 def write_plot(path: Path, name: str, history: list[dict[str, Any]]) -> None:

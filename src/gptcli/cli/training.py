@@ -155,7 +155,18 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
                 f"note: {passes:.0f} passes over {summary['train_tokens']:,} training tokens: "
                 "expect overfitting; more text helps"
             )
-        info(f'try: gpt generate "Once upon a time" -m {summary["name"]}')
+        info(f"try: {next_step(summary)}")
+
+
+def next_step(summary: dict[str, Any]) -> str:
+    """The command to try on a model a run just made, for what its task makes it."""
+    name = summary["name"]
+    task = summary.get("task")
+    if task == "chat":
+        return f"gpt chat -m {name}"
+    if task == "classify":
+        return f'gpt classify "some text to label" -m {name} (or one text a line on stdin)'
+    return f'gpt generate "Once upon a time" -m {name}'
 
 
 TAKEN_FROM = 0.75  # 1 - the share of a core busy elsewhere that counts it as taken

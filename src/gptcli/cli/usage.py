@@ -2,12 +2,14 @@
 
 Every command is a `Command` and every group a `Group`, so that each usage line reads the same
 way (`[OPTIONS] NAME`, `[PROMPT]`, `FILE_OR_DIR...`: brackets for what may be left out, `...`
-for what repeats) and a flag is listed without a value type (`--json`, not `--json <bool>`).
+for what repeats), a flag is listed without a value type (`--json`, not `--json <bool>`), and
+a command's row in its group's help is one sentence, not broken where the source text is.
 Knows nothing about models or torch.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from typer.core import TyperCommand, TyperGroup
@@ -30,7 +32,42 @@ def argument_usage(param: Any) -> str:
     return param.metavar if param.required else f"[{param.metavar}]"
 
 
+def reflowed(help_text: str | None) -> str | None:
+    """A help text whose paragraphs are each one line, for the terminal to wrap at its own
+    width: rich keeps every line break of the source, which is wrapped at ~95 columns, so an
+    80-column terminal would show a long line and a stub. Lines that start an example or are
+    indented stay lines of their own."""
+    if not help_text:
+        return help_text
+    paragraphs = []
+    for paragraph in inspect.cleandoc(help_text).split("\n\n"):
+        lines = paragraph.split("\n")
+        text = lines[0]
+        for line in lines[1:]:
+            kept = line[:1].isspace() or line.startswith("Example")
+            text += "\n" + line if kept else " " + line.strip()
+        paragraphs.append(text)
+    return "\n\n".join(paragraphs)
+
+
+def summary_line(help_text: str | None) -> str | None:
+    """A help text's first paragraph on one line: the row a group's help shows for a command."""
+    if not help_text:
+        return None
+    return " ".join(inspect.cleandoc(help_text).split("\n\n")[0].split())
+
+
+def present(command: Any) -> None:
+    """Paragraphs on one line each, and a one-line row in the group's list of commands."""
+    command.help = reflowed(command.help)
+    command.short_help = command.short_help or summary_line(command.help)
+
+
 class Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        present(self)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return shown_as_in_usage(super().get_params(ctx))
 
@@ -43,6 +80,10 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        present(self)
+
     def get_params(self, ctx: Any) -> list[Any]:
         return shown_as_in_usage(super().get_params(ctx))
 
