@@ -130,7 +130,7 @@ def steps(server: Served) -> int:
 def post(
     server: Served, headers: dict[str, str], body: bytes = WORK, path: str = "/v1/completions"
 ) -> httpx.Response:
-    return httpx.post(server.url + path, content=body, headers=headers, timeout=30)
+    return httpx.post(server.url + path, content=body, headers=headers, timeout=120)
 
 
 def test_rebound_hosts_and_foreign_origins_are_refused_and_run_nothing(server: Served) -> None:
