@@ -33,7 +33,9 @@ Point = dict[str, Any]
 
 def encode(point: Point) -> str:
     """One line; a loss that is not finite is written as null (JSON has no NaN)."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in point.items()}
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in point.items()
+    }
     return json.dumps(clean, ensure_ascii=False) + "\n"
 
 
@@ -50,9 +52,9 @@ def read_points(path: Path, up_to: int | None = None) -> list[Point]:
             point = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(point, dict) and isinstance(point.get("step"), int):
-            if up_to is None or point["step"] <= up_to:
-                points.append(point)
+        ok = isinstance(point, dict) and isinstance(point.get("step"), int)
+        if ok and (up_to is None or point["step"] <= up_to):
+            points.append(point)
     return points
 
 

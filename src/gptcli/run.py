@@ -43,9 +43,9 @@ from gptcli.loop import (
     make_optimizers,
     train_model,
 )
+from gptcli.metrics import MetricsLog
 from gptcli.model import GPT
 from gptcli.monitor import monitor_for
-from gptcli.metrics import MetricsLog
 from gptcli.record import RunDirectory, RunRecord, checkpoint_result, discard_unsaved
 from gptcli.runtime import Distributed, pick_device
 from gptcli.store import (

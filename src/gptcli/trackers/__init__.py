@@ -36,9 +36,9 @@ class Trackers:
                 call(tracker)
             except Exception as exc:  # a tool's failure must never stop the training
                 self.trackers.remove(tracker)
-                self.failed[tracker.name] = str(exc) or type(exc).__name__
+                why = self.failed[tracker.name] = str(exc) or type(exc).__name__
                 self.run.say(
-                    f"warning: the {tracker.name} tracker failed {what} ({self.failed[tracker.name]}); "
+                    f"warning: the {tracker.name} tracker failed {what} ({why}); "
                     "training goes on without it (metrics.jsonl keeps every point)"
                 )
 

@@ -64,7 +64,7 @@ class Tracker(Protocol):
 
 def missing_extra(tool: str, extra: str) -> GptError:
     """The one-line hint for a tracker whose library is not installed."""
-    return GptError(f"--tracker {tool} needs {extra}: pip install \"gptcli[{extra}]\"")
+    return GptError(f'--tracker {tool} needs {extra}: pip install "gptcli[{extra}]"')
 
 
 def scalars(params: dict[str, Any]) -> dict[str, Any]:

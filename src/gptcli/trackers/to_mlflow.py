@@ -48,7 +48,9 @@ class MlflowTracker:
     def finish(self, result: dict[str, Any], status: str) -> None:
         kept = result.get("kept") or {}
         if kept.get("val_loss") is not None:
-            self.client.log_metric(self.run_id, "kept_val_loss", kept["val_loss"], step=kept["step"])
+            self.client.log_metric(
+                self.run_id, "kept_val_loss", kept["val_loss"], step=kept["step"]
+            )
         if kept.get("step") is not None:
             self.client.set_tag(self.run_id, "gptcli.kept_step", str(kept["step"]))
         self.client.set_terminated(self.run_id, STATUS.get(status, "FINISHED"))

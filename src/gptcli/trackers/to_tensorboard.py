@@ -70,5 +70,7 @@ def open_tracker(run: RunInfo) -> TensorBoardTracker:
     writer = SummaryWriter(str(run.directory), purge_step=purge)
     tracker = TensorBoardTracker(run, writer)
     tracker.start(run, fresh=not continues)
-    run.say(f"tensorboard: logging to {run.directory} (tensorboard --logdir {run.directory.parent})")
+    run.say(
+        f"tensorboard: logging to {run.directory} (tensorboard --logdir {run.directory.parent})"
+    )
     return tracker
