@@ -129,8 +129,8 @@ SCHEDULES = ("wsd", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KEEP = ("best", "last")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "csv")
-# How a run is watched, not what it computes: on --resume these are the flags given now, and
-# `gpt models show --compare` leaves them out of the settings that differ.
+# How a run is watched, not what it computes: on --resume those given now replace the stored
+# run's (which go on otherwise), and `gpt models show --compare` leaves them out.
 TRACKING = ("tracker", "log_every", "run_name", "tracker_dir")
 
 
@@ -291,8 +291,8 @@ class TrainConfig:
             metavar="NAME",
         ),
     )
-    log_every: int = field(
-        default=10,
+    log_every: int | None = field(  # None: 10
+        default=None,
         metadata=flag("Record a point (metrics.jsonl, trackers) every N steps (default: 10)."),
     )
     run_name: str | None = field(  # None: the model's name (kept on --resume)
@@ -339,7 +339,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
-            (self.log_every >= 1, "--log-every must be at least 1"),
+            (self.log_every is None or self.log_every >= 1, "--log-every must be at least 1"),
             (
                 all(t in TRACKERS for t in self.tracker or ()),
                 f"--tracker must be one of {', '.join(TRACKERS)}",

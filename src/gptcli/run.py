@@ -58,6 +58,7 @@ from gptcli.store import (
     write_text_atomic,
 )
 from gptcli.tokenizer import Tokenizer
+from gptcli.trackers import check_installed
 from gptcli.tracking import Tracking, hyperparameters, start_tracking
 
 Log = Callable[[str], None]
@@ -136,7 +137,7 @@ def budget_overrides(cfg: TrainConfig) -> dict[str, Any]:
 def resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
     """A resumed run's settings: the stored run's (train.json's "train"), with the budget flags
     and the tracking flags (--tracker, --log-every, ...) given now."""
-    tracking = {k: getattr(given, k) for k in TRACKING}
+    tracking = {k: getattr(given, k) for k in TRACKING if getattr(given, k) is not None}
     return TrainConfig.from_dict({**stored, **budget_overrides(given), **tracking})
 
 
@@ -149,6 +150,8 @@ def execute(
         if not dist.is_main:
             log = silent
         job.check(store)
+        if dist.is_main:
+            check_installed(job.cfg.tracker or [])
         device = dist.setup(pick_device(job.cfg.device))
         if device.type == "cpu":
             keep_freed_memory()
@@ -174,7 +177,12 @@ def execute(
             sampling = None
             if run.sample_prompt is not None:
                 sampling = (run.model, run.tokenizer, run.sample_prompt)
-            tracking = open_tracking(job, run, target, claimed, state.step, log)
+            try:
+                tracking = open_tracking(job, run, target, claimed, state.step, log)
+            except BaseException:
+                if claimed:
+                    discard_unsaved(target)
+                raise
             observer = monitor_for(observer, run_dir, run.cfg, sampling, tracking.recorder)
         saver = CheckpointWriter(
             store,

@@ -24,6 +24,7 @@ from gptcli.record import RunRecord
 from gptcli.trackers import RunInfo, Trackers, open_trackers
 
 DEFAULT_TRACKER_DIR = "runs"
+DEFAULT_LOG_EVERY = 10
 
 
 class Recorder:
@@ -192,6 +193,7 @@ def start_tracking(
             say=say,
         )
         trackers = open_trackers(cfg.tracker, info)
-    tracking = Tracking(Recorder(metrics, trackers, cfg.log_every, say), trackers, name)
+    recorder = Recorder(metrics, trackers, cfg.log_every or DEFAULT_LOG_EVERY, say)
+    tracking = Tracking(recorder, trackers, name)
     record.tracking = tracking.ids()
     return tracking

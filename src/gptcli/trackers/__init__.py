@@ -10,9 +10,10 @@ knows their names and the interface in `base.py`, nothing of the loop.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
-from gptcli.trackers.base import Point, RunInfo, Tracker
+from gptcli.trackers.base import Point, RunInfo, Tracker, missing_extra
 
 MODULES = {
     "tensorboard": "gptcli.trackers.to_tensorboard",
@@ -56,6 +57,24 @@ class Trackers:
         return ids
 
 
+LIBRARIES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # and extras
+
+
+def check_installed(names: list[str]) -> None:
+    """Refuses, before anything is read or written, a tracker whose library is missing (found
+    without importing it)."""
+    for name in names:
+        library = LIBRARIES.get(name)
+        if library is None:
+            continue
+        try:
+            found = importlib.util.find_spec(library) is not None
+        except ValueError:  # in sys.modules as None: blocked
+            found = False
+        if not found:
+            raise missing_extra(name, library)
+
+
 def open_trackers(names: list[str], run: RunInfo) -> Trackers:
     """Opens the trackers named (in order, each once); a missing library or a tool that cannot
     start is a GptError, before the training begins."""
@@ -70,4 +89,4 @@ def open_trackers(names: list[str], run: RunInfo) -> Trackers:
     return Trackers(opened, run)
 
 
-__all__ = ["MODULES", "Point", "RunInfo", "Tracker", "Trackers", "open_trackers"]
+__all__ = ["MODULES", "Point", "RunInfo", "Tracker", "Trackers", "check_installed", "open_trackers"]

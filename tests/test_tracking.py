@@ -1,0 +1,198 @@
+"""metrics.jsonl and the trackers: every point on disk as it is made, each step once after a
+kill and a resume, and what each tool reads back (with its own reader) equal to metrics.jsonl."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run
+
+from gptcli.metrics import read_points
+
+RUN = ["--tokenizer", "char", "--max-steps", "30", "--log-every", "5", "--eval-every", "10"]
+
+
+def points(home: Path, name: str) -> list[dict]:
+    return read_points(home / "models" / name / "metrics.jsonl")
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def tensorboard_scalars(directory: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory))
+    accumulator.Reload()
+    return [(e.step, e.value) for e in accumulator.Scalars(tag)]
+
+
+def series(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+
+
+def test_points_go_to_metrics_jsonl_csv_and_tensorboard(
+    home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard")
+    monkeypatch.chdir(tmp_path)  # ./runs is where they go by default
+    result = run("train", str(corpus), "--name", "m", *TINY, *RUN,
+                 "--tracker", "csv", "--tracker", "tensorboard")  # fmt: skip
+    assert result.exit_code == 0
+    record = points(home, "m")
+    assert [p["step"] for p in record] == [0, 5, 10, 15, 20, 25, 30]
+    assert [p["step"] for p in record if "val_loss" in p] == [0, 10, 20, 30]
+    last = record[-1]
+    assert {"tokens", "seconds", "train_loss", "lr", "muon_lr", "grad_norm"} <= set(last)
+    assert last["tokens"] == 30 * 8 * 32 and last["grad_norm"] > 0
+    assert record[1]["train_loss"] > last["train_loss"]  # it learns
+    history = json.loads((home / "models/m/train.json").read_text())["history"]
+    assert [(h["step"], h["val_loss"]) for h in history] == series(record, "val_loss")
+
+    rows = csv_rows(tmp_path / "runs" / "m" / "metrics.csv")
+    for key in ("train_loss", "val_loss", "lr", "grad_norm"):
+        assert series(rows, key) == series(record, key)
+    params = json.loads((tmp_path / "runs/m/params.json").read_text())
+    assert params["max_steps"] == 30 and params["model.n_layer"] == 2
+    assert params["model.params"] > 0 and params["data.train_tokens"] > 0
+    assert params["result"]["kept"]["step"] == 30 and params["result"]["status"] == "finished"
+
+    for key in ("train_loss", "val_loss", "lr"):
+        read = tensorboard_scalars(tmp_path / "runs" / "m", key)
+        expected = series(record, key)
+        assert [s for s, _ in read] == [s for s, _ in expected]
+        assert [v for _, v in read] == pytest.approx([v for _, v in expected], rel=1e-6)
+    kept = tensorboard_scalars(tmp_path / "runs" / "m", "kept_val_loss")
+    assert kept == [(30, pytest.approx(record[-1]["val_loss"], rel=1e-6))]
+    # a second run of the same name does not mix its events into the first one's
+    run("train", str(corpus), "--name", "m", *TINY, *RUN, "--tracker", "csv", "--force")
+    assert (tmp_path / "runs" / "m-2" / "metrics.csv").is_file()
+
+
+def gpt(home: Path, cwd: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("GPTCLI_FAULT", None)
+    if fault:
+        env["GPTCLI_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "gptcli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+KILL_RUN = [*RUN, "--max-steps", "40", "--save-every", "10", "--tracker", "csv", *TINY]
+
+
+def test_killed_and_resumed_run_has_every_step_once(tmp_path: Path, corpus: Path) -> None:
+    with_tensorboard = []
+    try:
+        import tensorboard  # noqa: F401
+
+        with_tensorboard = ["--tracker", "tensorboard"]
+    except ImportError:
+        pass
+    args = ["train", str(corpus), "--name", "m", *KILL_RUN, *with_tensorboard]
+    whole_home, cut_home = tmp_path / "whole", tmp_path / "cut"
+    for directory in (whole_home, cut_home):
+        directory.mkdir()
+    whole = gpt(whole_home, whole_home, *args)
+    assert whole.returncode == 0, whole.stderr
+    # killed (SIGKILL) during step 28: the checkpoint of step 20 is kept, the points of steps
+    # 25 are on disk past it
+    killed = gpt(cut_home, cut_home, *args, fault="step:28")
+    assert killed.returncode == -9
+    live = points(cut_home, "m")
+    assert [p["step"] for p in live] == [0, 5, 10, 15, 20, 25]  # flushed as they came
+    resumed = gpt(cut_home, cut_home, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+    expected = points(whole_home, "m")
+    record = points(cut_home, "m")
+    assert [p["step"] for p in record] == [p["step"] for p in expected]  # each step once
+    for key in ("train_loss", "val_loss", "grad_norm", "lr", "tokens"):
+        assert series(record, key) == series(expected, key)  # resume is exact
+
+    rows = csv_rows(cut_home / "runs" / "m" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [p["step"] for p in record]
+    assert series(rows, "train_loss") == series(record, "train_loss")
+    if with_tensorboard:
+        read = tensorboard_scalars(cut_home / "runs" / "m", "train_loss")
+        assert [s for s, _ in read] == [s for s, _ in series(record, "train_loss")]
+        assert [v for _, v in read] == pytest.approx(
+            [v for _, v in series(record, "train_loss")], rel=1e-6
+        )
+
+
+def test_a_failing_tracker_warns_once_and_the_run_goes_on(
+    home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcli.trackers.to_csv import CsvTracker
+
+    calls = {"n": 0}
+
+    def full_disk(self: CsvTracker, point: dict) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 3:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CsvTracker, "log", full_disk)
+    result = run("train", str(corpus), "--name", "m", *TINY[:-1], *RUN,
+                 "--tracker", "csv", "--tracker-dir", str(tmp_path / "runs"))  # fmt: skip
+    said = " ".join(result.stderr.split())  # lines wrap at the console's width
+    assert said.count("warning:") == 1
+    assert (
+        "warning: the csv tracker failed to log ([Errno 28] No space left on device); "
+        "training goes on without it (metrics.jsonl keeps every point)"
+    ) in said
+    assert calls["n"] == 3
+    assert json.loads((home / "models/m/train.json").read_text())["result"]["steps"] == 30
+    assert [p["step"] for p in points(home, "m")][-1] == 30
+
+
+@pytest.mark.parametrize("tool", ["tensorboard", "wandb", "mlflow"])
+def test_a_missing_tracker_library_says_how_to_install_it(
+    home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, tool: str
+) -> None:
+    monkeypatch.setitem(sys.modules, tool, None)  # as if it were not installed
+    result = run("train", str(corpus), "--name", "m", *TINY, *RUN, "--tracker", tool, code=1)
+    assert result.stderr == (
+        f'error: --tracker {tool} needs {tool}: pip install "gptcli[{tool}]"\n'
+    )
+    assert not (home / "models" / "m").exists()
+
+
+def test_tracker_flags_are_checked_and_not_needed_to_resume(
+    home: Path, corpus: Path, tmp_path: Path
+) -> None:
+    result = run("train", str(corpus), "--tracker", "tensorbored", code=1)
+    assert result.stderr == "error: --tracker must be one of tensorboard, wandb, mlflow, csv\n"
+    result = run("train", str(corpus), "--log-every", "0", code=1)
+    assert result.stderr == "error: --log-every must be at least 1\n"
+    runs = str(tmp_path / "runs")
+    run("train", str(corpus), "--name", "m", *TINY, *RUN)
+    # a resumed run may log where the first did not, under the name it had, every 5 steps
+    # as before
+    run("train", str(corpus), "--name", "m", "--resume", "--max-steps", "40", "--quiet",
+        "--tracker", "csv", "--tracker-dir", runs)  # fmt: skip
+    rows = csv_rows(tmp_path / "runs" / "m" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [p["step"] for p in points(home, "m")]
+    assert [int(r["step"]) for r in rows][-3:] == [30, 35, 40]
+    stored = json.loads((home / "models/m/train.json").read_text())
+    assert stored["tracking"] == {"run_name": "m"}
+    assert stored["train"]["tracker"] == ["csv"]  # and a later --resume goes on logging there
+    run("train", str(corpus), "--name", "m", "--resume", "--max-steps", "50", "--quiet",
+        "--log-every", "10", "--tracker-dir", runs)  # fmt: skip
+    rows = csv_rows(tmp_path / "runs" / "m" / "metrics.csv")
+    assert [int(r["step"]) for r in rows][-3:] == [35, 40, 50]
