@@ -22,6 +22,12 @@ def points(home: Path, name: str) -> list[dict]:
     return read_points(home / "models" / name / "metrics.jsonl")
 
 
+def said(stderr: str, line: str) -> bool:
+    """Whether stderr has the line, wherever the console wrapped it (a long path may be cut
+    anywhere)."""
+    return "".join(line.split()) in "".join(stderr.split())
+
+
 def csv_rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -150,12 +156,12 @@ def test_a_failing_tracker_warns_once_and_the_run_goes_on(
     monkeypatch.setattr(CsvTracker, "log", full_disk)
     result = run("train", str(corpus), "--name", "m", *TINY[:-1], *RUN,
                  "--tracker", "csv", "--tracker-dir", str(tmp_path / "runs"))  # fmt: skip
-    said = " ".join(result.stderr.split())  # lines wrap at the console's width
-    assert said.count("warning:") == 1
-    assert (
+    assert result.stderr.count("warning:") == 1
+    assert said(
+        result.stderr,
         "warning: the csv tracker failed to log ([Errno 28] No space left on device); "
-        "training goes on without it (metrics.jsonl keeps every point)"
-    ) in said
+        "training goes on without it (metrics.jsonl keeps every point)",
+    )
     assert calls["n"] == 3
     assert json.loads((home / "models/m/train.json").read_text())["result"]["steps"] == 30
     assert [p["step"] for p in points(home, "m")][-1] == 30
@@ -196,3 +202,125 @@ def test_tracker_flags_are_checked_and_not_needed_to_resume(
         "--log-every", "10", "--tracker-dir", runs)  # fmt: skip
     rows = csv_rows(tmp_path / "runs" / "m" / "metrics.csv")
     assert [int(r["step"]) for r in rows][-3:] == [35, 40, 50]
+
+
+def test_mlflow_reads_back_the_points_and_a_resumed_run_has_each_step_once(
+    home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+    from test_resume import ctrl_c_when
+
+    from gptcli.data import Batches
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    args = ["train", str(corpus), "--name", "m", *TINY[:-1], *RUN, "--tracker", "mlflow"]
+    undo = ctrl_c_when(monkeypatch, Batches, lambda n: n == 13)  # stops after step 13
+    cut = run(*args, "--json")
+    undo()
+    assert json.loads(cut.stdout)["steps"] == 13
+    assert said(cut.stderr, f"mlflow: logging to {uri}, run ")
+    run(*args, "--resume")
+    record = points(home, "m")
+    assert [p["step"] for p in record] == [0, 5, 10, 13, 15, 20, 25, 30]
+
+    client = MlflowClient(uri)
+    first, resumed = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
+    assert first.info.status == "KILLED" and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["gptcli.resumed_from"] == first.info.run_id
+    assert resumed.info.run_name == first.info.run_name == "m"
+    for key in ("train_loss", "val_loss", "lr", "grad_norm"):
+        history = client.get_metric_history(resumed.info.run_id, key)
+        assert [(m.step, m.value) for m in history] == series(record, key)
+    assert resumed.data.params["max_steps"] == "30" and resumed.data.params["model.n_layer"] == "2"
+    kept = client.get_metric_history(resumed.info.run_id, "kept_val_loss")
+    assert [(m.step, m.value) for m in kept] == [(30, record[-1]["val_loss"])]
+    assert resumed.data.tags["gptcli.kept_step"] == "30"
+
+
+def wandb_records(path: Path) -> list:
+    """The records of a .wandb file, decoded with the schema wandb ships (wandb.proto). The
+    file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks
+    of chunks, each with a 7-byte header (CRC, length, type: full, first, middle or last).
+    wandb 0.31 ships no Python reader for it any more, only the schema."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, pos, block = [], b"", 7, 32768
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # full, last
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def item_key(item: object) -> str:
+    """A wandb history, config or summary item's key (plain, or nested as a path)."""
+    return item.key or "/".join(item.nested_key)  # type: ignore[attr-defined]
+
+
+def test_wandb_runs_offline_without_a_login_and_reads_back(
+    home: Path, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    result = run("train", str(corpus), "--name", "m", *TINY[:-1], *RUN, "--tracker", "wandb",
+                 "--run-name", "first try")  # fmt: skip
+    (directory,) = tmp_path.glob("wandb/offline-run-*")
+    assert said(
+        result.stderr,
+        f"wandb: not logged in, so logging offline to {directory} (upload it with "
+        f"`wandb sync {directory}`, or set WANDB_MODE)",
+    )
+    (run_file,) = directory.glob("run-*.wandb")
+    records = wandb_records(run_file)
+    rows = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = record.history.item
+            rows.append({item_key(item): json.loads(item.value_json) for item in items})
+    rows = [{**r, "step": r["_step"]} for r in rows]
+    record = points(home, "m")
+    assert [r["step"] for r in rows] == [p["step"] for p in record]  # each step once
+    for key in ("train_loss", "val_loss", "lr", "grad_norm", "tokens"):
+        assert series(rows, key) == series(record, key)
+    (started,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert started.display_name == "first try" and started.project == "gptcli"
+    config = {  # as the run started, and as updated since
+        item_key(item): json.loads(item.value_json)
+        for r in records
+        for item in (
+            r.run.config.update
+            if r.WhichOneof("record_type") == "run"
+            else r.config.update
+            if r.WhichOneof("record_type") == "config"
+            else []
+        )
+        if not item_key(item).startswith("_")
+    }
+    assert config["max_steps"] == 30 and config["model.params"] > 0
+    summary = {
+        item_key(item): json.loads(item.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "summary"
+        for item in r.summary.update
+    }
+    assert summary["kept_step"] == 30 and summary["kept_val_loss"] == record[-1]["val_loss"]
