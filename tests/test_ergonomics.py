@@ -151,7 +151,7 @@ def test_metrics_grow_during_the_run_and_models_show(
         "preset", "params", "layers", "heads", "width", "context", "vocab_size", "labels",
         "tokenizer", "data", "data_files", "steps", "tokens", "seconds", "train_loss",
         "val_loss", "stopped", "kept", "created", "size_bytes", "weights_bytes",
-        "train_state_bytes", "config", "history", "inference_dtype",
+        "train_state_bytes", "config", "history", "points", "inference_dtype",
     }  # fmt: skip
     assert set(shown) == documented
     assert shown["kind"] == "train" and shown["default"] and shown["weights"]

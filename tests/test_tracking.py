@@ -324,3 +324,35 @@ def test_wandb_runs_offline_without_a_login_and_reads_back(
         for item in r.summary.update
     }
     assert summary["kept_step"] == 30 and summary["kept_val_loss"] == record[-1]["val_loss"]
+
+
+def test_models_show_draws_every_point_and_compare_shows_what_differs(
+    home: Path, corpus: Path, tmp_path: Path
+) -> None:
+    run("train", str(corpus), "--name", "a", *TINY, *RUN)
+    run("train", str(corpus), "--name", "b", *TINY, *RUN, "--lr", "0.01", "--log-every", "3")
+    shown = json.loads(run("models", "show", "a", "--json").stdout)
+    assert shown["points"] == points(home, "a")
+    from gptcli.cli.compare import loss_series
+
+    train, val = loss_series(shown)
+    assert [s for s, _ in train] == [5, 10, 15, 20, 25, 30]  # every point, not the evaluations
+    assert [s for s, _ in val] == [0, 10, 20, 30]
+
+    compared = json.loads(run("models", "show", "a", "b", "--compare", "--json").stdout)
+    assert [m["name"] for m in compared["models"]] == ["a", "b"]
+    assert compared["differ"] == {"lr": [0.003, 0.01]}  # not --log-every: how it was watched
+    text = run("models", "show", "a", "b", "--compare").stdout
+    assert "settings that differ" in text and "0.003" in text and "0.01" in text
+    lines = text.splitlines()
+    titles = [line for line in lines if line.split() == ["a", "b"] and line.startswith("a")]
+    assert len(titles) == 1  # the charts' titles, on one line
+    assert sum(line.count("┤") == 2 for line in lines) >= 3  # the two charts side by side
+    assert f"{compared['models'][1]['val_loss']:.4f}" in text
+    picture = tmp_path / "both.png"
+    run("models", "show", "a", "b", "--compare", "--plot", str(picture))
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run("models", "show", "a", "b", code=2).stderr.splitlines()[-1].startswith(
+        "error: one model at a time, or --compare"
+    )
+    assert "--compare needs two or more" in run("models", "show", "a", "--compare", code=2).stderr
