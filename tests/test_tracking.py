@@ -352,7 +352,27 @@ def test_models_show_draws_every_point_and_compare_shows_what_differs(
     picture = tmp_path / "both.png"
     run("models", "show", "a", "b", "--compare", "--plot", str(picture))
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert run("models", "show", "a", "b", code=2).stderr.splitlines()[-1].startswith(
-        "error: one model at a time, or --compare"
+    assert (
+        run("models", "show", "a", "b", code=2)
+        .stderr.splitlines()[-1]
+        .startswith("error: one model at a time, or --compare")
     )
     assert "--compare needs two or more" in run("models", "show", "a", "--compare", code=2).stderr
+
+
+def test_finetune_logs_too_and_a_classifier_its_accuracy(base_home: Path, tmp_path: Path) -> None:
+    from test_resume import task_data
+
+    data = str(task_data("classify", tmp_path))
+    run("finetune", "tiny", data, "--name", "c", "--max-steps", "8", "--eval-every", "4",
+        "--log-every", "2", "--batch-size", "4", "--quiet", "--tracker", "csv",
+        "--tracker-dir", str(tmp_path / "runs"))  # fmt: skip
+    record = points(base_home, "c")
+    assert [p["step"] for p in record] == [0, 2, 4, 6, 8]
+    accuracy = [p["val_accuracy"] for p in record if "val_loss" in p]
+    assert len(accuracy) == 3 and all(0.0 <= a <= 1.0 for a in accuracy)
+    rows = csv_rows(tmp_path / "runs" / "c" / "metrics.csv")
+    assert series(rows, "val_accuracy") == series(record, "val_accuracy")
+    params = json.loads((tmp_path / "runs/c/params.json").read_text())
+    assert params["kind"] == "finetune" and params["task"] == "classify"
+    assert params["base"] == "tiny"
