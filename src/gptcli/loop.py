@@ -46,7 +46,9 @@ class StepStats:
     tokens_per_second: float
     progress: float  # 0..1 of the step or time budget
     step_loss: float | None = None  # this step's loss, not smoothed (None before the first)
-    grad_norm: float | None = None  # this step's gradient norm, before clipping
+    # this step's gradient norm before clipping, a 0-d tensor: float() it where it is used, so
+    # that a step without a use does not wait for the accelerator
+    grad_norm: torch.Tensor | None = None
     lrs: dict[str, float] = field(default_factory=dict)  # each optimizer's: lr, muon_lr
     val_metrics: dict[str, float] = field(default_factory=dict)  # classify: val_accuracy
 
@@ -294,7 +296,7 @@ def train_model(
             rate,
             progress(),
             step_loss=latest.get("loss"),
-            grad_norm=float(latest["norm"]) if latest.get("norm") is not None else None,
+            grad_norm=latest.get("norm"),
             lrs=learning_rates(optimizers),
             val_metrics=dict(latest.get("metrics", {})),
         )

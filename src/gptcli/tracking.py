@@ -90,7 +90,7 @@ def make_point(stats: Any, losses: list[float], previous: Any, evaluated: bool) 
         return point
     point.update(stats.lrs or {"lr": stats.lr})  # the rates the point's step used
     if stats.grad_norm is not None:
-        point["grad_norm"] = stats.grad_norm
+        point["grad_norm"] = float(stats.grad_norm)
     rate = stats.tokens_per_second
     if previous is not None and stats.seconds > previous.seconds:
         rate = (stats.tokens - previous.tokens) / (stats.seconds - previous.seconds)
