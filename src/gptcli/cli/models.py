@@ -244,8 +244,9 @@ settings), history (one record per evaluation: step, tokens, seconds, train_loss
 points (metrics.jsonl: one record every --log-every steps and at each evaluation: step, tokens,
 seconds, train_loss, val_loss, lr, muon_lr, grad_norm, tokens_per_second), inference_dtype
 {auto, int8, decode} (what `--dtype auto` and `--dtype int8` run on this machine's CPU, and
-what decodes one row there: the native step or torch's kernels). With --compare: {models: [one
-such object each], differ: {setting: [one value each]}}.
+what decodes one row there: the native step or torch's kernels). With --compare, --json gives
+{models, differ}: one such object a model, and each setting that differs with one value a
+model.
 
 Example: gpt models show stories --plot stories-loss.png
 Example: gpt models show stories stories-big --compare
@@ -258,7 +259,7 @@ def show_cmd(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[NAME]...",
+            metavar="NAME",
             help="Model name or directory (default: the default model); several with --compare.",
             autocompletion=complete_model_name,
             show_default=False,
