@@ -151,7 +151,7 @@ def test_metrics_grow_during_the_run_and_models_show(
         "preset", "params", "layers", "heads", "width", "context", "vocab_size", "labels",
         "tokenizer", "data", "data_files", "steps", "tokens", "seconds", "train_loss",
         "val_loss", "kept_val_loss", "stopped", "kept", "created", "size_bytes", "weights_bytes",
-        "train_state_bytes", "config", "history", "inference_dtype",
+        "train_state_bytes", "config", "history", "points", "inference_dtype",
     }  # fmt: skip
     assert set(shown) == documented
     assert shown["kind"] == "train" and shown["default"] and shown["weights"]
@@ -172,7 +172,10 @@ def test_metrics_grow_during_the_run_and_models_show(
     text = run("models", "show", "live").stdout
     assert "train loss" in text and "validation loss" in text and "step" in text
     assert any(0x2800 < ord(ch) <= 0x28FF for ch in text)  # the braille curve
-    losses = [h[k] for h in shown["history"] for k in ("train_loss", "val_loss") if h[k]]
+    from gptcli.cli.compare import loss_series
+
+    # drawn: the train loss of each point of metrics.jsonl, the validation loss of each evaluation
+    losses = [loss for series in loss_series(shown) for _, loss in series]
     digits = axis_decimals(min(losses), max(losses))  # the loss axis, as precise as it needs
     assert f"{max(losses):.{digits}f} ┤" in text and f"{min(losses):.{digits}f} ┤" in text
     assert "max_steps = 6" in text  # the settings, as --config reads them

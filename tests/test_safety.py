@@ -165,7 +165,8 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_one_step(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5"]
+    far = [*RUN, "--max-steps", "100000", "--save-every", "100000", "--eval-every", "5",
+           "--log-every", "2", "--tracker", "csv", "--tracker-dir", str(home / "runs")]  # fmt: skip
     env = {**os.environ, "GPTCLI_HOME": str(home), "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
@@ -189,6 +190,14 @@ def test_sigterm_to_one_torchrun_rank_stops_every_rank_at_one_step(
     summary = json.loads(lines[0])
     assert summary["stopped"] == "interrupted" and summary["steps"] >= 5
     assert checkpoint_step(home / "models/m") == summary["steps"]
+    # only rank 0 records: each point once, one tracker run
+    from gptcli.metrics import read_points
+
+    steps = [p["step"] for p in read_points(home / "models/m/metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == summary["steps"]
+    assert [d.name for d in (home / "runs").iterdir()] == ["m"]
+    rows = (home / "runs/m/metrics.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in rows] == steps
 
 
 def poison_loss_after(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int]) -> None:

@@ -99,7 +99,7 @@ USAGE_LINES = {
     ("tokenize", "decode"): "gpt tokenize decode [OPTIONS] [IDS...]",
     ("models",): "gpt models [OPTIONS] COMMAND [ARGS]...",
     ("models", "list"): "gpt models list [OPTIONS]",
-    ("models", "show"): "gpt models show [OPTIONS] [NAME]",
+    ("models", "show"): "gpt models show [OPTIONS] [NAME...]",
     ("models", "rm"): "gpt models rm [OPTIONS] NAME",
     ("models", "prune"): "gpt models prune [OPTIONS] NAME",
     ("models", "default"): "gpt models default [OPTIONS] [NAME]",

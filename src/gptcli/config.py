@@ -128,6 +128,10 @@ OPTIMIZERS = ("auto", "muon", "adamw")
 SCHEDULES = ("wsd", "cosine")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 KEEP = ("best", "last")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "csv")
+# How a run is watched, not what it computes: on --resume those given now replace the stored
+# run's (which go on otherwise), and `gpt models show --compare` leaves them out.
+TRACKING = ("tracker", "log_every", "run_name", "tracker_dir")
 
 
 def weights_mismatch(config: ModelConfig, shapes: dict[str, Any]) -> str | None:
@@ -157,12 +161,15 @@ def weights_mismatch(config: ModelConfig, shapes: dict[str, Any]) -> str | None:
     return None
 
 
-def flag(help: str, *decls: str, only: str | None = None, text: bool = False) -> dict[str, Any]:
+def flag(
+    help: str, *decls: str, only: str | None = None, text: bool = False, metavar: str | None = None
+) -> dict[str, Any]:
     """Field metadata that makes a TrainConfig field a flag of `gpt train` and `gpt finetune`
     (`only`: of that command alone), with its help text. `decls`: the option's spellings when
     not just --field-name; `text`: the flag takes text the command parses (5m, 500).
-    cli/trainflags.py builds the options, --config keys and --print-config from these."""
-    return {"flag": {"help": help, "decls": decls, "only": only, "text": text}}
+    `metavar`: the value's name in --help. cli/trainflags.py builds the options, --config keys
+    and --print-config from these."""
+    return {"flag": {"help": help, "decls": decls, "only": only, "text": text, "metavar": metavar}}
 
 
 @dataclass
@@ -276,6 +283,25 @@ class TrainConfig:
             "--train-state/--no-train-state",
         ),
     )
+    tracker: list[str] | None = field(  # None: metrics.jsonl only
+        default=None,
+        metadata=flag(
+            "Also log the run to tensorboard, wandb, mlflow or csv (repeatable; default: "
+            "none). metrics.jsonl in the model's directory is kept either way.",
+            metavar="NAME",
+        ),
+    )
+    log_every: int | None = field(  # None: 10
+        default=None,
+        metadata=flag("Record a point (metrics.jsonl, trackers) every N steps (default: 10)."),
+    )
+    run_name: str | None = field(  # None: the model's name (kept on --resume)
+        default=None, metadata=flag("The run's name in the trackers (default: the model's).")
+    )
+    tracker_dir: str | None = field(  # None: ./runs
+        default=None,
+        metadata=flag("Where tensorboard and csv write RUN-NAME/ (default: ./runs)."),
+    )
     cooldown: float = 0.4  # wsd: fraction of the budget spent decaying to min_lr
     grad_clip: float = 1.0
     beta1: float = 0.9
@@ -313,6 +339,11 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+            (self.log_every is None or self.log_every >= 1, "--log-every must be at least 1"),
+            (
+                all(t in TRACKERS for t in self.tracker or ()),
+                f"--tracker must be one of {', '.join(TRACKERS)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -45,6 +45,12 @@ class StepStats:
     seconds: float
     tokens_per_second: float
     progress: float  # 0..1 of the step or time budget
+    step_loss: float | None = None  # this step's loss, not smoothed (None before the first)
+    # this step's gradient norm before clipping, a 0-d tensor: float() it where it is used, so
+    # that a step without a use does not wait for the accelerator
+    grad_norm: torch.Tensor | None = None
+    lrs: dict[str, float] = field(default_factory=dict)  # each optimizer's: lr, muon_lr
+    val_metrics: dict[str, float] = field(default_factory=dict)  # classify: val_accuracy
 
 
 @dataclass
@@ -150,19 +156,33 @@ def estimate_loss(
 ) -> float:
     """Mean loss per scored target over `count` fixed batches (the same ones every time, so
     two evaluations of a run compare like with like; a small split is scored whole)."""
+    return evaluate_batches(model, batches, count, seed, autocast)[0]
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: GPT, batches: BatchSource, count: int, seed: int, autocast: torch.dtype | None
+) -> tuple[float, dict[str, float]]:
+    """`estimate_loss`, and for a classifier's batches (with `labels`) the share of examples
+    whose most likely label is right: {"val_accuracy": ...}."""
     was_training = model.training
     model.eval()
-    total, scored = 0.0, 0
+    total, scored, right, examples = 0.0, 0, 0, 0
     for batch in batches.fixed(count, seed):
         with autocast_context(batches.device, autocast):
-            loss = model(**batch)[1]
+            logits, loss = model(**batch)
         assert loss is not None  # batches always carry targets
         targets = batch.get("targets")
         n = int((targets != -100).sum()) if isinstance(targets, torch.Tensor) else 1
         total += loss.item() * n
         scored += n
+        labels = batch.get("labels")
+        if isinstance(labels, torch.Tensor):
+            right += int((logits.argmax(dim=-1) == labels).sum())
+            examples += labels.numel()
     model.train(was_training)
-    return total / max(scored, 1)
+    extra = {"val_accuracy": right / examples} if examples else {}
+    return total / max(scored, 1), extra
 
 
 @contextlib.contextmanager
@@ -185,6 +205,20 @@ def stop_on_signal() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def learning_rates(optimizers: list[torch.optim.Optimizer]) -> dict[str, float]:
+    """The current rate of each optimizer: "lr" (AdamW, the last), "muon_lr" (Muon, first)."""
+    rates = {"lr": optimizers[-1].param_groups[0]["lr"]}
+    if len(optimizers) > 1:
+        rates["muon_lr"] = optimizers[0].param_groups[0]["lr"]
+    return rates
+
+
+def gradient_norm(model: GPT) -> torch.Tensor:
+    """The norm of all gradients together (what clipping measures), without clipping."""
+    grads = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
 
 
 SaveHook = Callable[[GPT, list[torch.optim.Optimizer], TrainState, BatchSource], None]
@@ -235,6 +269,7 @@ def train_model(
     set_length = getattr(train, "set_length", None) if cfg.seq_warmup else None
     start = time.perf_counter() - state.seconds
     run_start_step, run_start = state.step, time.perf_counter()
+    latest: dict[str, Any] = {}  # the latest step's loss and gradient norm, and eval metrics
 
     def elapsed() -> float:
         return time.perf_counter() - start
@@ -260,13 +295,19 @@ def train_model(
             elapsed(),
             rate,
             progress(),
+            step_loss=latest.get("loss"),
+            grad_norm=latest.get("norm"),
+            lrs=learning_rates(optimizers),
+            val_metrics=dict(latest.get("metrics", {})),
         )
 
     def evaluate(candidate: bool = True) -> None:
         """`candidate`: may be kept as the best (not the extra evaluation of an interrupted
         run, which an uninterrupted one would not have made: a resumed run keeps the same)."""
         if val is not None and dist.is_main:
-            state.val_loss = estimate_loss(model, val, cfg.eval_batches, cfg.seed + 1, amp)
+            state.val_loss, latest["metrics"] = evaluate_batches(
+                model, val, cfg.eval_batches, cfg.seed + 1, amp
+            )
             better = state.best_val_loss is None or state.val_loss < state.best_val_loss
             candidate = candidate and cfg.keep == "best" and state.step > 0
             if candidate and math.isfinite(state.val_loss) and better:
@@ -338,7 +379,10 @@ def train_model(
                     raise Diverged(state.step + 1, total)
                 continue
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            else:
+                norm = gradient_norm(model)
+            latest.update(loss=total, norm=norm)
             for opt in optimizers:
                 opt.step()
             for opt in optimizers:

@@ -7,7 +7,8 @@
 - `Sampler`: every `sample_every` steps, a short continuation of a fixed prompt with a fixed
   seed, handed to the observer's `on_sample(step, text)`, so a person sees the model learn.
 - `RunMonitor`: the observer `train_model` is given; it forwards to the caller's observer and
-  does the two above in between. It runs on the main process only, like any observer.
+  does the two above in between, and hands each step to the run's `tracking.Recorder`
+  (metrics.jsonl and the trackers). It runs on the main process only, like any observer.
 """
 
 from __future__ import annotations
@@ -104,17 +105,23 @@ class RunMonitor:
         observer: Any,
         metrics: RunDirectory | None = None,
         sampler: Sampler | None = None,
+        recorder: Any = None,
     ) -> None:
         self.observer = observer
         self.metrics = metrics
         self.sampler = sampler
+        self.recorder = recorder  # a tracking.Recorder, or None
 
     def on_step(self, stats: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.on_step(stats)
         if self.observer is not None:
             self.observer.on_step(stats)
         self._maybe_sample(stats)
 
     def on_eval(self, stats: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.on_eval(stats)
         if self.metrics is not None:
             self.metrics.record_live(stats)
         if self.observer is not None:
@@ -140,11 +147,13 @@ def monitor_for(
     run_dir: RunDirectory,
     cfg: TrainConfig,
     sampling: tuple[GPT, Tokenizer, str] | None,
+    recorder: Any = None,
 ) -> RunMonitor:
-    """The monitor of one run (main process): live metrics in `run_dir`, and samples."""
+    """The monitor of one run (main process): live metrics in `run_dir`, samples, and the
+    points of `recorder` (a tracking.Recorder)."""
     sampler = None
     every = sample_every(cfg)
     if sampling is not None and every != 0:
         model, tokenizer, prompt = sampling
         sampler = Sampler(model, tokenizer, prompt, every, cfg.seed)
-    return RunMonitor(observer, run_dir, sampler)
+    return RunMonitor(observer, run_dir, sampler, recorder)

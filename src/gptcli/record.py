@@ -48,6 +48,7 @@ class RunRecord:
     train: dict[str, Any] | None = None  # TrainConfig.to_dict() (and the task's options)
     tokenizer: str | None = None
     data: dict[str, Any] | None = None
+    tracking: dict[str, Any] | None = None  # the run's name and its ids in the trackers
 
     def to_dict(
         self, result: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None
@@ -65,6 +66,7 @@ def continued(kind: str, stored: dict[str, Any], resume: bool, **fields: Any) ->
     """The record of a new run, or of a resumed one: its id, date and settings carried on."""
     if resume:
         fields["config"] = stored.get("config")
+        fields["tracking"] = stored.get("tracking")
     return RunRecord(
         kind,
         run=stored.get("run") or new_run_id(),

@@ -1,7 +1,8 @@
 """One training run, from request to stored model: the pipeline `train` and `finetune` share.
 
-    lock -> check -> device -> prepare (the job's) -> optimizers -> resume -> record, monitor
-         -> loop (checkpoints through CheckpointWriter) -> the new default model
+    lock -> check -> device -> prepare (the job's) -> optimizers -> resume -> record, monitor,
+         tracking -> loop (checkpoints through CheckpointWriter) -> trackers finish
+         -> the new default model
 
 A job (`pretrain.TrainRequest`, `finetune.FinetuneRequest`) says what to check and builds the
 model, the tokenizer and the batches; everything else happens here, once. A run-level feature
@@ -31,7 +32,7 @@ from gptcli.checkpoint import (
     stored_weights,
     write_model_dir,
 )
-from gptcli.config import TrainConfig
+from gptcli.config import TRACKING, TrainConfig
 from gptcli.errors import GptError
 from gptcli.hardware import keep_freed_memory
 from gptcli.loop import (
@@ -42,6 +43,7 @@ from gptcli.loop import (
     make_optimizers,
     train_model,
 )
+from gptcli.metrics import MetricsLog
 from gptcli.model import GPT
 from gptcli.monitor import monitor_for
 from gptcli.record import RunDirectory, RunRecord, checkpoint_result, discard_unsaved
@@ -56,6 +58,8 @@ from gptcli.store import (
     write_text_atomic,
 )
 from gptcli.tokenizer import Tokenizer
+from gptcli.trackers import check_installed
+from gptcli.tracking import Tracking, hyperparameters, start_tracking
 
 Log = Callable[[str], None]
 
@@ -132,8 +136,9 @@ def budget_overrides(cfg: TrainConfig) -> dict[str, Any]:
 
 def resumed_config(stored: dict[str, Any], given: TrainConfig) -> TrainConfig:
     """A resumed run's settings: the stored run's (train.json's "train"), with the budget flags
-    given now."""
-    return TrainConfig.from_dict({**stored, **budget_overrides(given)})
+    and the tracking flags (--tracker, --log-every, ...) given now."""
+    tracking = {k: getattr(given, k) for k in TRACKING if getattr(given, k) is not None}
+    return TrainConfig.from_dict({**stored, **budget_overrides(given), **tracking})
 
 
 def execute(
@@ -145,6 +150,8 @@ def execute(
         if not dist.is_main:
             log = silent
         job.check(store)
+        if dist.is_main:
+            check_installed(job.cfg.tracker or [])
         device = dist.setup(pick_device(job.cfg.device))
         if device.type == "cpu":
             keep_freed_memory()
@@ -163,13 +170,20 @@ def execute(
                 log("that run had finished; give a larger --max-steps or --max-time to go on")
             log(f"resuming at step {state.step}")
         claimed = False  # live metrics in train.json and samples: see gptcli.record, monitor
+        tracking = None  # metrics.jsonl and the trackers: see gptcli.tracking
         if dist.is_main:
             run_dir = RunDirectory(store, job.name, run.record, state.history)
             claimed = run_dir.claim()
             sampling = None
             if run.sample_prompt is not None:
                 sampling = (run.model, run.tokenizer, run.sample_prompt)
-            observer = monitor_for(observer, run_dir, run.cfg, sampling)
+            try:
+                tracking = open_tracking(job, run, target, claimed, state.step, log)
+            except BaseException:
+                if claimed:
+                    discard_unsaved(target)
+                raise
+            observer = monitor_for(observer, run_dir, run.cfg, sampling, tracking.recorder)
         saver = CheckpointWriter(
             store,
             job.name,
@@ -181,19 +195,45 @@ def execute(
         )
         if kept is not None and state.best_step not in (None, state.step):
             saver.best = kept
-        run_and_store(
-            run.model,
-            run.train,
-            run.val,
-            run.cfg,
-            observer,
-            state,
-            optimizers,
-            saver,
-            dist,
-            discard=target if claimed else None,
-        )
+        saver.metrics = tracking.recorder.metrics if tracking is not None else None
+        try:
+            run_and_store(
+                run.model,
+                run.train,
+                run.val,
+                run.cfg,
+                observer,
+                state,
+                optimizers,
+                saver,
+                dist,
+                discard=target if claimed else None,
+            )
+        except BaseException:
+            if tracking is not None:
+                tracking.finish(saver.last, "failed")
+            raise
+        if tracking is not None:
+            finished = state.stopped in ("max_steps", "max_time")
+            tracking.finish(saver.last, "finished" if finished else "interrupted")
         return {"name": job.name, "path": str(target), **run.summary, **saver.last}
+
+
+def open_tracking(
+    job: Job, run: Prepared, target: Path, claimed: bool, step: int, log: Log
+) -> Tracking:
+    """metrics.jsonl and the trackers of one run (main process), with its hyperparameters."""
+    hyper = hyperparameters(run.record, run.model.config.to_dict(), run.model.num_params())
+    return start_tracking(
+        run.cfg,
+        job.name,
+        target,
+        live=claimed or job.resume,
+        resumed_step=step if job.resume else None,
+        record=run.record,
+        hyper=hyper,
+        say=log,
+    )
 
 
 class CheckpointWriter:
@@ -215,6 +255,7 @@ class CheckpointWriter:
         self.extra_files = extra_files or {}
         self.last: dict[str, Any] = {}
         self.best: dict[str, torch.Tensor] | None = None  # --keep best: the best weights yet
+        self.metrics: MetricsLog | None = None  # metrics.jsonl: each checkpoint carries it
 
     def remember(self, model: GPT) -> None:
         """The loop's `on_best`: this evaluation's weights are the best of the run so far."""
@@ -250,6 +291,8 @@ class CheckpointWriter:
                 write_model_dir(staging, model, self.tokenizer, info, weights)
                 for filename, text in self.extra_files.items():
                     write_text_atomic(staging / filename, text)
+                if self.metrics is not None:
+                    self.metrics.write_into(staging, state.step)
                 if not drop_state:
                     save_train_state(
                         staging / "train_state.safetensors",
@@ -271,6 +314,8 @@ class CheckpointWriter:
                 ) from None
             raise
         self.replace = True  # from now on we replace our own checkpoint
+        if self.metrics is not None:
+            self.metrics.committed()
         self.last = result
 
     def kept(self) -> str:

@@ -42,18 +42,36 @@ def line_pixels(points: list[tuple[int, int]]) -> set[tuple[int, int]]:
     return pixels
 
 
+def finite(series: Points) -> list[tuple[float, float]]:
+    return [(x, y) for x, y in series if y is not None and math.isfinite(y)]
+
+
+def bounds(*series: Points) -> tuple[float, float, float, float] | None:
+    """(first step, last step, lowest loss, highest loss) over the series; None if empty."""
+    points = [p for s in series for p in finite(s)]
+    if not points:
+        return None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return min(xs), max(xs), min(ys), max(ys)
+
+
 def loss_chart(
-    train: Points, val: Points, width: int = 60, height: int = 10, indent: int = 0
+    train: Points,
+    val: Points,
+    width: int = 60,
+    height: int = 10,
+    indent: int = 0,
+    axes: tuple[float, float, float, float] | None = None,
+    legend: bool = True,
 ) -> Text:
     """A chart of the two series over steps, with a labelled loss axis, a step axis and a
-    legend; an explanation instead when there is nothing to draw."""
-    train = [(x, y) for x, y in train if y is not None and math.isfinite(y)]
-    val = [(x, y) for x, y in val if y is not None and math.isfinite(y)]
+    legend; an explanation instead when there is nothing to draw. `axes`: (first step, last
+    step, lowest, highest loss) to draw on, so that charts side by side share their scales."""
+    train, val = finite(train), finite(val)
     points = train + val
     if len(points) < 2:
         return Text("(no loss curve: fewer than two evaluations were recorded)")
-    x_low, x_high = min(x for x, _ in points), max(x for x, _ in points)
-    y_low, y_high = min(y for _, y in points), max(y for _, y in points)
+    x_low, x_high, y_low, y_high = axes or bounds(train, val)  # type: ignore[misc]
     if y_high == y_low:
         y_low, y_high = y_low - 0.5, y_high + 0.5
     x_span = (x_high - x_low) or 1
@@ -90,8 +108,16 @@ def loss_chart(
         chart.append("\n")
     chart.append(" " * pad + " └" + "─" * width + "\n")
     left, right = f"{x_low:,.0f}", f"{x_high:,.0f}"
-    chart.append(" " * (pad + 2) + left + right.rjust(width - len(left)) + "  step\n")
-    chart.append(" " * (pad + 2))
+    chart.append(" " * (pad + 2) + left + right.rjust(width - len(left)) + "  step")
+    if legend:
+        chart.append("\n" + " " * (pad + 2))
+        chart.append_text(legend_line(bool(train), bool(val)))
+    return chart
+
+
+def legend_line(train: bool = True, val: bool = True) -> Text:
+    """What the marks of a chart mean."""
+    chart = Text()
     if train:
         chart.append("⠉⠒⠤", style=TRAIN_STYLE)
         chart.append(" train loss  ")

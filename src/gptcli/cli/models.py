@@ -34,6 +34,7 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
     """
     from gptcli import hf
     from gptcli.config import ModelConfig, weights_mismatch
+    from gptcli.metrics import METRICS_FILE, read_points
     from gptcli.record import read_record
     from gptcli.store import count_parameters, read_json, safetensors_header
 
@@ -98,6 +99,7 @@ def summarize(path: Path, default: str | None = None) -> dict[str, Any]:
         "train_state_bytes": file_size("train_state.safetensors"),
         "config": info.get("config"),
         "history": info.get("history", []),
+        "points": read_points(path / METRICS_FILE),
         "inference_dtype": cpu_inference_dtypes(),
     }
 
@@ -235,11 +237,13 @@ def list_cmd(json_out: JsonOption = False) -> None:
     out.print(table)
 
 
-SHOW_HELP = """Details of one model, and its loss curve drawn in the terminal.
+SHOW_HELP = """Details of one model, and its loss curve drawn in the terminal; or, with
+--compare, the settings in which two or more models differ and their loss curves side by side.
 
 Parameters, family and preset, tokenizer and vocabulary, context, training data, steps, time,
-final losses, the loss curve (train and validation) and the settings of the run (as lines
-that `gpt train --config` reads). A run still training shows its progress so far.
+final losses, the loss curve (the train loss of every point in metrics.jsonl, the validation
+loss of each evaluation) and the settings of the run (as lines that `gpt train --config`
+reads). A run still training shows its progress so far.
 
 --json fields: name, path, default, weights (false before a run's first checkpoint), kind
 (train, finetune, import), task, base, source, family, preset, params, layers, heads, width,
@@ -250,22 +254,36 @@ interrupted, running), kept (the step whose weights are stored: step, val_loss, 
 size_bytes, weights_bytes,
 train_state_bytes (the optimizer state kept for --resume; null without), config (the run's
 settings), history (one record per evaluation: step, tokens, seconds, train_loss, val_loss, lr),
-inference_dtype {auto, int8, decode} (what `--dtype auto` and `--dtype int8` run on this
-machine's CPU, and what decodes one row there: the native step or torch's kernels).
+points (metrics.jsonl: one record every --log-every steps and at each evaluation: step, tokens,
+seconds, train_loss, val_loss, lr, muon_lr, grad_norm, tokens_per_second), inference_dtype
+{auto, int8, decode} (what `--dtype auto` and `--dtype int8` run on this machine's CPU, and
+what decodes one row there: the native step or torch's kernels). With --compare, --json gives
+{models, differ}: one such object a model, and each setting that differs with one value a
+model.
 
 Example: gpt models show stories --plot stories-loss.png
+Example: gpt models show stories stories-big --compare
 """
 
 
 @app.command("show", help=SHOW_HELP, cls=Command)
 def show_cmd(
-    name: Annotated[
-        str | None,
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None,
         typer.Argument(
-            help="Model name or directory (default: the default model).",
+            metavar="NAME",
+            help="Model name or directory (default: the default model); several with --compare.",
             autocompletion=complete_model_name,
+            show_default=False,
         ),
     ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare", help="Compare the models: the settings that differ, the loss curves."
+        ),
+    ] = False,
     plot: Annotated[
         str | None,
         typer.Option(
@@ -277,25 +295,46 @@ def show_cmd(
 ) -> None:
     from gptcli.store import ModelStore
 
+    names = names or []
+    if compare and len(names) < 2:
+        ctx.fail("--compare needs two or more models: gpt models show A B --compare")
+    if not compare and len(names) > 1:
+        ctx.fail("one model at a time, or --compare to compare them")
     store = ModelStore()
-    if name is not None and name in store.unfinished_names():
-        path = store.model_dir(name)
-    else:
-        path = store.resolve(name)
-    row = summarize(path, store.default_name())
+    default = store.default_name()
+    rows = [summarize(locate(store, name), default) for name in names or [None]]
     if plot is not None:
-        write_plot(Path(plot).expanduser(), row["name"], row["history"])
+        from gptcli.cli.compare import write_plot
+
+        write_plot(Path(plot).expanduser(), rows)
         info(f"wrote {plot}")
-    if json_out:
-        print_json(row)
+    if compare:
+        from gptcli.cli.compare import differences, print_comparison
+
+        if json_out:
+            print_json({"models": rows, "differ": differences(rows)})
+        else:
+            print_comparison(rows)
         return
-    print_summary(row)
+    if json_out:
+        print_json(rows[0])
+        return
+    print_summary(rows[0])
+
+
+def locate(store: Any, name: str | None) -> Path:
+    """A model's directory: a stored name or a path, a run before its first checkpoint, or the
+    default model."""
+    if name is not None and name in store.unfinished_names():
+        return store.model_dir(name)
+    return store.resolve(name)
 
 
 def print_summary(row: dict[str, Any]) -> None:
     from rich.text import Text
 
     from gptcli.cli.chart import loss_chart
+    from gptcli.cli.compare import loss_series
     from gptcli.config import to_toml
 
     lines: list[tuple[str, str]] = []
@@ -374,11 +413,9 @@ def print_summary(row: dict[str, Any]) -> None:
     out.print(title)
     for key, value in lines:
         out.print(Text(f"  {key:<11}", style="bold") + Text(value))
-    history = row["history"]
-    if history:
+    if row["history"] or row["points"]:
         out.print()
-        train = [(h["step"], h.get("train_loss")) for h in history]
-        val = [(h["step"], h.get("val_loss")) for h in history]
+        train, val = loss_series(row)
         width = max(20, min(72, out.width - 14))
         out.print(loss_chart(train, val, width=width, indent=2))
     if row["config"]:
@@ -403,38 +440,6 @@ def loss_lines(row: dict[str, Any]) -> list[tuple[str, str]]:
     train = fmt_loss(at[-1].get("train_loss")) if at else "-"
     stored = f"train {train}, validation {fmt_loss(kept.get('val_loss'))} (step {kept['step']})"
     return [("losses", stored), ("", f"last evaluation (step {row['steps']}): {last}")]
-
-
-def write_plot(path: Path, name: str, history: list[dict[str, Any]]) -> None:
-    """The loss curve as an image, through matplotlib (an optional extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, never a window
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GptError("--plot needs matplotlib: pip install 'gptcli[plot]'") from None
-    train = [(h["step"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
-    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    if len(train) + len(val) < 2:
-        raise GptError(f"{name} has no loss curve to plot (fewer than two evaluations)")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss")
-    if val:
-        ax.plot(*zip(*val, strict=True), marker="o", markersize=3, label="validation loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.set_title(name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise GptError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
-    finally:
-        plt.close(fig)
 
 
 @app.command(

@@ -43,7 +43,8 @@ def training_flags(command: str, after: str) -> Callable[[Command], Command]:
             raise TypeError(f"{func.__name__} must take the training flags as **flags")
         options = []
         for name, kind, meta in flag_fields(command):
-            annotation = Annotated[kind | None, typer.Option(*meta["decls"], help=meta["help"])]
+            option = typer.Option(*meta["decls"], help=meta["help"], metavar=meta.get("metavar"))
+            annotation = Annotated[kind | None, option]
             options.append(
                 inspect.Parameter(
                     name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
