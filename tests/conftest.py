@@ -14,6 +14,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # One build of the native decode step for the whole session (and its subprocesses), outside
 # the stores the tests make and outside the user's own store.
 os.environ.setdefault("GPTCLI_KERNELS", tempfile.mkdtemp(prefix="gptcli-kernels-"))
+# `gpt chat` logs by default: never into the user's own log (tests that read it set their own).
+os.environ["GPTCLI_LOGS"] = tempfile.mkdtemp(prefix="gptcli-logs-")
+os.environ.pop("GPTCLI_NO_LOG", None)
 
 import pytest
 from typer.testing import CliRunner

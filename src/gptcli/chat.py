@@ -20,6 +20,7 @@ A model chats in one of two modes:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,34 @@ def check_messages(messages: Any, where: str = "conversation") -> list[Message]:
         if m["role"] == "system" and i:
             raise GptError(f"{where}: only the first message may be a system message")
     return messages
+
+
+def read_conversation(spec: str) -> list[Message]:
+    """The last conversation in a JSONL file of them (what `/save` appends), or with
+    `FILE:N` the N-th (from 1). Raises GptError saying what is wrong."""
+    path, number = Path(spec).expanduser(), None
+    head, colon, tail = spec.rpartition(":")
+    if colon and tail.isdigit() and not path.exists():
+        path, number = Path(head).expanduser(), int(tail)
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise GptError(f"cannot read {path}: {reason}") from None
+    if not lines:
+        raise GptError(f"{path} holds no conversation")
+    if number is None:
+        number = len(lines)
+    if not 1 <= number <= len(lines):
+        raise GptError(f"{path} holds {len(lines)} conversation(s): there is no :{number}")
+    where = f"{path}:{number}"
+    try:
+        record = json.loads(lines[number - 1])
+    except json.JSONDecodeError as exc:
+        raise GptError(f"{where} is not JSON ({exc.msg}): not a saved conversation") from None
+    if not isinstance(record, dict) or "messages" not in record:
+        raise GptError(f"{where} is not a conversation: no 'messages' list")
+    return check_messages(record["messages"], where)
 
 
 def encode_literal(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -108,7 +108,17 @@ def root(
 
 
 def register() -> None:
-    from gptcli.cli import chat, classify, finetune, generate, models, serve, tokenize, train
+    from gptcli.cli import (
+        chat,
+        classify,
+        finetune,
+        generate,
+        logs,
+        models,
+        serve,
+        tokenize,
+        train,
+    )
     from gptcli.cli import eval as eval_cmd
 
     app.command("train", help=train.HELP, cls=Command)(train.train)
@@ -120,6 +130,7 @@ def register() -> None:
     app.command("serve", help=serve.HELP, cls=Command)(serve.serve)
     app.add_typer(tokenize.app, name="tokenize")
     app.add_typer(models.app, name="models")
+    app.add_typer(logs.app, name="logs")
 
 
 register()

@@ -11,10 +11,11 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gptcli.cli.chatstart import choose_start, log_turn, split_system
 from gptcli.cli.console import err, info, out, print_json
 from gptcli.cli.options import ModelOption
 from gptcli.cli.repl import (
@@ -28,6 +29,7 @@ from gptcli.cli.repl import (
     parse_input,
 )
 from gptcli.cli.sampling import (
+    SAMPLING_FLAGS,
     DeviceOption,
     DtypeOption,
     FrequencyPenaltyOption,
@@ -45,6 +47,7 @@ from gptcli.errors import GptError
 from gptcli.hardware import sleeping_omp_threads
 
 if TYPE_CHECKING:
+    from gptcli.chatlog import ChatRecorder
     from gptcli.conversation import ChatSession
 
 HELP = """Chat with a model: a REPL with line editing, history and streamed replies.
@@ -54,6 +57,9 @@ Type /help in the chat for its commands.
 
 When stdin is not a terminal, each line is a user turn and only the replies are printed.
 
+Each turn is logged (gpt logs shows them) unless --no-log, GPTCLI_NO_LOG=1 or `gpt logs off`; \
+-c continues the latest conversation, --cid a chosen one, --load one saved with /save.
+
 Example: gpt chat -m tiny --system "You tell short stories."
 """
 
@@ -61,6 +67,7 @@ CONTEXT_NOTICE = "(the context is full: the oldest turns are left out from now o
 
 
 def chat(
+    ctx: typer.Context,
     model: ModelOption = None,
     system: Annotated[str | None, typer.Option(help="System prompt for the conversation.")] = None,
     max_tokens: Annotated[
@@ -83,24 +90,67 @@ def chat(
     json_out: Annotated[
         bool, typer.Option("--json", help="Read turns from stdin; one JSON object per turn.")
     ] = False,
+    cont: Annotated[
+        bool,
+        typer.Option(
+            "--continue", "-c", help="Continue the latest conversation (its model and settings)."
+        ),
+    ] = False,
+    cid: Annotated[
+        str | None, typer.Option("--cid", help="Continue this conversation of the log.")
+    ] = None,
+    load_from: Annotated[
+        str | None,
+        typer.Option(
+            "--load",
+            help="Start from the last conversation in a /save file (FILE:N: the N-th).",
+            metavar="FILE[:N]",
+        ),
+    ] = None,
+    log: Annotated[
+        bool | None,
+        typer.Option(
+            "--log/--no-log",
+            help="Log this chat (default: on, unless GPTCLI_NO_LOG=1 or `gpt logs off`).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     sleeping_omp_threads()
     from gptcli.chat import load_template
+    from gptcli.chatlog import ChatRecorder, logging_on
     from gptcli.conversation import ChatSession, ChatSettings
     from gptcli.inference.loader import load
 
-    sampling = sampling_settings(locals())
+    flags = locals()
+    values: dict[str, Any] = {name: flags[name] for name in SAMPLING_FLAGS}
+    values |= {"max_tokens": max_tokens, "seed": seed}
+    start = choose_start(ctx, values, model, system, cont, cid, load_from)
+    max_tokens, seed = values.pop("max_tokens"), values.pop("seed")
+    sampling = sampling_settings(values)
     settings = ChatSettings(sampling=sampling, max_tokens=max_tokens, seed=seed, stats=stats)
+    model, system, resumed = start.model, start.system, start.resumed
     loaded = load(model, device, dtype, threads)
     template = load_template(loaded.path, loaded.tokenizer)
     session = ChatSession(loaded.model, loaded.tokenizer, template, settings, system)
+    session.conversation.turns = list(start.history)
+    recorder = ChatRecorder(
+        loaded.name,
+        enabled=logging_on() if log is None else log,
+        conversation_id=resumed.id if resumed else None,
+        history=None if resumed else start.history,
+        system=session.conversation.system,
+    )
     if sys.stdin.isatty() and not json_out:
-        Repl(session, loaded.name, loaded.path).run()
+        repl = Repl(session, loaded.name, loaded.path, recorder)
+        repl.run(f"continuing conversation {resumed.id}" if resumed else None)
     else:
-        run_piped(session, loaded.name, json_out)
+        run_piped(session, loaded.name, json_out, recorder)
 
 
-def run_piped(session: ChatSession, name: str, json_out: bool) -> None:
+def run_piped(
+    session: ChatSession, name: str, json_out: bool, recorder: ChatRecorder | None = None
+) -> None:
     """Each non-empty stdin line is a user turn; stdout gets only the replies."""
     notified = False
     for number, raw in enumerate(sys.stdin.buffer, start=1):
@@ -120,6 +170,8 @@ def run_piped(session: ChatSession, name: str, json_out: bool) -> None:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
         session.conversation.add_assistant(stream.text)
+        if recorder is not None:
+            log_turn(recorder, session, stream)
         if json_out:
             turn = {"model": name, "user": text, "reply": stream.text, "finish": stream.finish}
             print_json(turn | stream.stats.to_dict())
@@ -133,8 +185,11 @@ def run_piped(session: ChatSession, name: str, json_out: bool) -> None:
 class Repl:
     """The interactive loop: read a message or a command, stream the reply, repeat."""
 
-    def __init__(self, session: ChatSession, name: str, path: Path) -> None:
+    def __init__(
+        self, session: ChatSession, name: str, path: Path, recorder: ChatRecorder | None = None
+    ) -> None:
         self.session = session
+        self.recorder = recorder
         self.name = name
         self.path = path
         self.notified = False  # the context-full notice is shown once per conversation
@@ -144,9 +199,11 @@ class Repl:
         self.prompt = f"{bold}>>> {reset}"
         self.continuation = f"{bold}... {reset}"
 
-    def run(self) -> None:
+    def run(self, greeting: str | None = None) -> None:
         history = setup_readline()
         say(f"Chatting with {self.name} · {self.session.template.describe()}", "bold")
+        if greeting:
+            say(f"{greeting} ({len(self.session.conversation.turns)} messages)")
         say("/help for commands · Ctrl+C stops a reply · Ctrl+D leaves")
         try:
             self.loop()
@@ -198,6 +255,8 @@ class Repl:
         sys.stdout.write("\n")
         sys.stdout.flush()
         self.session.conversation.add_assistant(stream.text)
+        if self.recorder is not None:
+            log_turn(self.recorder, self.session, stream)
         if self.session.settings.stats:
             info(stream.stats.summary())
         sys.stdout.write("\n")  # a blank line before the next prompt
@@ -210,6 +269,8 @@ class Repl:
         elif command.name == "clear":
             conversation.clear()
             self.notified = False
+            if self.recorder is not None:
+                self.recorder.restart()
             say("conversation cleared")
         elif command.name == "system":
             if not arg:
@@ -233,6 +294,8 @@ class Repl:
         elif command.name == "regen":
             if not conversation.undo_reply():
                 raise GptError("nothing to redo yet: send a message first")
+            if self.recorder is not None:
+                self.recorder.redo = True  # the logged reply is marked redone
             self.respond()
         elif command.name == "save":
             if not arg:
@@ -240,6 +303,22 @@ class Repl:
             path = Path(arg).expanduser()
             count = conversation.save(path)
             say(f"appended the conversation ({count} messages) to {path}")
+        elif command.name == "load":
+            self.load(arg)
+
+    def load(self, spec: str) -> None:
+        """`/load FILE[:N]`: the saved conversation replaces this one (a new one in the log)."""
+        from gptcli.chat import read_conversation
+
+        if not spec:
+            raise GptError("usage: /load FILE[:N]")
+        system, turns = split_system(read_conversation(spec))
+        conversation = self.session.conversation
+        conversation.system, conversation.turns = system, list(turns)
+        self.notified = False
+        if self.recorder is not None:
+            self.recorder.restart(turns, system)
+        say(f"loaded {len(turns)} messages" + (" and a system prompt" if system else ""))
 
     def show_settings(self, indent: str = "  ") -> None:
         for key, value in describe_settings(self.session.settings):

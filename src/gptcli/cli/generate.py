@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -87,6 +88,9 @@ def generate(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    log: Annotated[
+        bool, typer.Option("--log", help="Keep the prompt and the text in the log (gpt logs).")
+    ] = False,
 ) -> None:
     sleeping_omp_threads()
     settings = sampling_settings(locals())
@@ -140,6 +144,17 @@ def generate(
         sys.stdout.flush()
     if stats:
         info(run.stats.summary())
+    if log:
+        from gptcli.chatlog import log_generation
+
+        timings = {
+            "prompt_tokens": run.stats.prompt_tokens,
+            "prefill_seconds": round(run.stats.prefill_seconds, 6),
+            "decode_seconds": round(run.stats.decode_seconds, 6),
+            "sample_tokens": run.sample_tokens,
+        }
+        seeds = {"max_tokens": max_new_tokens, "seed": run.seed, "stop": stop or []}
+        log_generation(loaded.name, text, completions, asdict(settings) | seeds, timings)
     if json_out:
         base: dict[str, Any] = {"model": loaded.name, "prompt": text}
         if num_samples == 1:
@@ -150,7 +165,6 @@ def generate(
                 for c, n in zip(completions, run.sample_tokens, strict=True)
             ]
             print_json(base | {"samples": samples} | run.stats.to_dict())
-
 
 
 class Run:
@@ -183,6 +197,7 @@ class Run:
             stream = TextStream(loaded.tokenizer, stops)
             self.seqs.append(Sequence(ids, settings, generator, stop_ids, max_new_tokens, stream))
         self.stats = GenerationStats()
+        self.seed = seed
 
     @property
     def sample_tokens(self) -> list[int]:

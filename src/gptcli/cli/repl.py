@@ -100,6 +100,7 @@ COMMANDS = {
         "/save FILE",
         "append the conversation to FILE as one JSONL line (fine-tuning format)",
     ),
+    "load": ("/load FILE[:N]", "continue the last (or N-th) conversation saved in FILE"),
 }
 COMMAND_ALIASES = {"quit": "exit", "bye": "exit", "?": "help", "reset": "clear"}
 
