@@ -155,8 +155,7 @@ class LoggedConversation:
         for turn in kept:
             if turn.prompt:
                 messages.append({"role": "user", "content": turn.prompt})
-            if turn.response:
-                messages.append({"role": "assistant", "content": turn.response})
+            messages.append({"role": "assistant", "content": turn.response})  # even if empty
         return system, messages
 
     @property
@@ -477,14 +476,15 @@ def log_generation(
 
 
 def history_turns(messages: list[dict[str, str]], system: str | None) -> list[dict[str, Any]]:
-    """Loaded messages as turns to log: each user message with the reply that follows it."""
+    """Loaded messages as turns to log: each user message with the reply that follows it
+    (a user message with no reply is left out, as a chat abandons it)."""
     turns: list[dict[str, Any]] = []
+    prompt: str | None = None
     for message in messages:
         if message["role"] == "user":
-            turns.append({"prompt": message["content"], "response": "", "system": system})
+            prompt = message["content"]
         elif message["role"] == "assistant":
-            if turns and not turns[-1]["response"]:
-                turns[-1]["response"] = message["content"]
-            else:
-                turns.append({"prompt": "", "response": message["content"], "system": system})
-    return [t | {"finish": "loaded"} for t in turns if t["response"]]
+            turn = {"prompt": prompt or "", "response": message["content"], "system": system}
+            turns.append(turn | {"finish": "loaded"})
+            prompt = None
+    return turns
