@@ -549,3 +549,90 @@ def test_serving_never_writes_to_the_store(server: Served, store: Path) -> None:
     )
     assert snapshot(store) == STORE_AT_START[store]  # after every test above
     assert sorted(p.name for p in (store / "models").iterdir()) == ["tiny", "tiny-chat"]
+
+
+def test_chat_page_keeps_conversations_in_the_browser(server: Served) -> None:
+    """Reload keeps the current conversation, an older one reopens and goes on, clear forgets."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = chromium_driver()
+    wait = WebDriverWait(driver, 30)
+
+    def texts() -> list[str]:
+        shown = driver.find_elements(By.CSS_SELECTOR, ".msg .text")
+        return [e.get_attribute("textContent") for e in shown]
+
+    def past() -> list[str]:
+        return [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#past button")]
+
+    def send(text: str) -> None:
+        driver.find_element(By.ID, "input").send_keys(text, Keys.ENTER)
+        wait.until(lambda d: "finished" in d.find_element(By.ID, "status").text)
+
+    def start() -> Select:
+        picker = Select(driver.find_element(By.ID, "model"))
+        wait.until(lambda d: len(picker.options) == 2)
+        return picker
+
+    try:
+        driver.get(server.url + "/")
+        start().select_by_visible_text("tiny-chat")
+        for field, value in (("temperature", "0"), ("max-tokens", "8")):
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        send("Hello fox")
+        first = texts()
+        assert first[0] == "Hello fox" and len(first) == 2
+        driver.refresh()
+        picker = start()
+        wait.until(lambda d: texts() == first)
+        assert picker.first_selected_option.text == "tiny-chat"  # the model comes back too
+        assert past() == ["Hello fox"]
+        current = driver.find_element(By.CSS_SELECTOR, "#past button[aria-current]")
+        assert current.text == "Hello fox"
+        # a new conversation: the first stays in the list
+        driver.find_element(By.ID, "new").click()
+        assert texts() == [] and past() == ["Hello fox"]
+        send("Second one")
+        assert past() == ["Second one", "Hello fox"]  # newest first
+        # reopen the first and go on: the server gets its whole history
+        driver.find_element(By.XPATH, "//ul[@id='past']//button[text()='Hello fox']").click()
+        assert texts() == first
+        driver.find_element(By.ID, "max-tokens").clear()
+        driver.find_element(By.ID, "max-tokens").send_keys("8")
+        driver.find_element(By.ID, "temperature").clear()
+        driver.find_element(By.ID, "temperature").send_keys("0")
+        send("Go on")
+        expected = server.client().chat.completions.create(
+            model="tiny-chat",
+            messages=[
+                {"role": "user", "content": "Hello fox"},
+                {"role": "assistant", "content": first[1]},
+                {"role": "user", "content": "Go on"},
+            ],
+            max_tokens=8,
+            temperature=0,
+        )
+        assert texts() == [*first, "Go on", expected.choices[0].message.content]
+        assert past() == ["Hello fox", "Second one"]
+        driver.refresh()
+        start()
+        wait.until(lambda d: len(texts()) == 4)
+        # clear: asks first, then forgets every conversation, also after a reload
+        driver.find_element(By.ID, "clear-history").click()
+        driver.switch_to.alert.dismiss()
+        assert len(past()) == 2 and len(texts()) == 4
+        driver.find_element(By.ID, "clear-history").click()
+        driver.switch_to.alert.accept()
+        assert texts() == [] and past() == []
+        assert driver.execute_script("return localStorage.getItem('gptcli.conversations')") is None
+        driver.refresh()
+        start()
+        assert texts() == [] and past() == []
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert severe == []
+    finally:
+        driver.quit()
