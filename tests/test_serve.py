@@ -54,11 +54,16 @@ def make_models(home: Path) -> None:
             save_template(home / "models" / name, ChatTemplate())
 
 
+def logs_of(home: Path) -> Path:
+    return home.parent / f"{home.name}-logs"
+
+
 class Served:
     """A `gpt serve` subprocess; `url` once it has printed its line."""
 
     def __init__(self, home: Path, *args: str) -> None:
         env = os.environ | {"GPTCLI_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        env["GPTCLI_LOGS"] = str(logs_of(home))  # where a log would go: the server never logs
         env.pop("GPTCLI_API_KEY", None)
         src = str(Path(__file__).resolve().parents[1] / "src")
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -548,6 +553,7 @@ def test_serving_never_writes_to_the_store(server: Served, store: Path) -> None:
         model="tiny-chat", messages=[{"role": "user", "content": "x"}], max_tokens=3
     )
     assert snapshot(store) == STORE_AT_START[store]  # after every test above
+    assert not logs_of(store).exists()  # `gpt serve` never logs a conversation
     assert sorted(p.name for p in (store / "models").iterdir()) == ["tiny", "tiny-chat"]
 
 
@@ -570,6 +576,7 @@ def test_chat_page_keeps_conversations_in_the_browser(server: Served) -> None:
     def send(text: str) -> None:
         driver.find_element(By.ID, "input").send_keys(text, Keys.ENTER)
         wait.until(lambda d: "finished" in d.find_element(By.ID, "status").text)
+        wait.until(lambda d: d.find_element(By.ID, "send").is_enabled())  # kept by then
 
     def start() -> Select:
         picker = Select(driver.find_element(By.ID, "model"))
