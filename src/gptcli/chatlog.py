@@ -372,8 +372,9 @@ def open_log(create: bool = False) -> ChatLog:
     path = db_path()
     try:
         return ChatLog(path, create=create)
-    except sqlite3.Error as exc:
-        raise GptError(f"cannot read the log {path}: {exc}") from None
+    except (sqlite3.Error, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise GptError(f"cannot read the log {path}: {reason}") from None
 
 
 def warn(message: str) -> None:
@@ -445,8 +446,9 @@ class ChatRecorder:
     def _safely(self, action: Any) -> None:
         try:
             action()
-        except sqlite3.Error as exc:
-            warn(f"the chat log {db_path()} cannot be used ({exc}): this chat is not logged")
+        except (sqlite3.Error, OSError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            warn(f"the chat log {db_path()} cannot be used ({reason}): this chat is not logged")
             if self.log is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self.log.close()
