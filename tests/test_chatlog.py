@@ -399,7 +399,7 @@ def test_repl_on_a_terminal_continues_saves_and_loads(logs: Path, tmp_path: Path
 
 def test_regen_and_clear_in_the_log(logs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from gptcli.chat import load_template
-    from gptcli.chatlog import ChatRecorder
+    from gptcli.chatrecorder import ChatRecorder
     from gptcli.checkpoint import load_model
     from gptcli.cli.chat import Repl
     from gptcli.conversation import ChatSession, ChatSettings

@@ -1,7 +1,7 @@
 """The conversation log: every `gpt chat` turn (and each `gpt generate --log`) in one SQLite file.
 
-Owns the database (its place, schema, full-text search and the on/off switch) and the
-recorder a chat writes through. Knows messages as plain dicts and settings and statistics as
+Owns the database: its place, schema, full-text search and the on/off switch (what a chat
+writes through is chatrecorder.py). Knows messages as plain dicts and settings and statistics as
 plain values; nothing about models, torch, terminals or HTTP, so `gpt logs` stays light.
 
 The file lives in the user's data directory (not the model store, which is a cache), or in
@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -201,6 +200,10 @@ class ChatLog:
         with contextlib.suppress(sqlite3.OperationalError):  # e.g. read-only: keep its mode
             if self.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 self.db.execute("PRAGMA journal_mode = WAL")
+        names = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master")}
+        if {"conversations", "responses", "responses_fts"} <= names:
+            self.fts = True  # set up already: reading takes no write lock
+            return
         with self.transaction():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -375,118 +378,3 @@ def open_log(create: bool = False) -> ChatLog:
     except (sqlite3.Error, OSError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise GptError(f"cannot read the log {path}: {reason}") from None
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
-    sys.stderr.flush()
-
-
-class ChatRecorder:
-    """What a chat writes through: one conversation id, turns as they finish, and a log that
-    turns itself off with one warning when the database is damaged or stays locked.
-
-    The conversation row is written with the first turn, so a chat that says nothing leaves
-    nothing; `history` (a loaded conversation) is written then too, ahead of it.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        enabled: bool = True,
-        conversation_id: str | None = None,
-        history: list[dict[str, str]] | None = None,
-        system: str | None = None,
-        kind: str = "chat",
-    ) -> None:
-        self.model, self.kind = model, kind
-        self.log: ChatLog | None = None
-        self.enabled = enabled
-        self.restart(history, system)
-        if conversation_id is not None:
-            self.conversation_id = conversation_id
-        if enabled:
-            self._safely(self._open)
-
-    def _open(self) -> None:
-        self.log = ChatLog()
-
-    def restart(
-        self, history: list[dict[str, str]] | None = None, system: str | None = None
-    ) -> None:
-        """A new conversation from the next turn on (/clear, /load)."""
-        self.conversation_id = new_id()
-        self.pending = history_turns(history or [], system)
-        self.redo = False
-
-    def record(
-        self,
-        prompt: str,
-        response: str,
-        system: str | None,
-        settings: dict[str, Any],
-        stats: dict[str, Any] | None = None,
-        finish: str | None = None,
-    ) -> None:
-        """Logs one finished turn (after /regen, in place of the last one)."""
-        turn = {"prompt": prompt, "response": response, "system": system, "settings": settings}
-        turn |= {"finish": finish} | (stats or {})
-        redo, self.redo = self.redo, False
-        if self.log is None:
-            return
-        turns = [*self.pending, turn]
-
-        def write() -> None:
-            assert self.log is not None
-            self.log.add_turns(self.conversation_id, self.kind, self.model, turns, redo)
-            self.pending = []
-
-        self._safely(write)
-
-    def _safely(self, action: Any) -> None:
-        try:
-            action()
-        except (sqlite3.Error, OSError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            warn(f"the chat log {db_path()} cannot be used ({reason}): this chat is not logged")
-            if self.log is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self.log.close()
-            self.log = None
-
-
-def log_generation(
-    model: str, prompt: str, texts: list[str], settings: dict[str, Any], stats: dict[str, Any]
-) -> None:
-    """`gpt generate --log`: the prompt and each sample, as one conversation of kind generate.
-
-    `stats` holds the batch's prompt_tokens, prefill and decode seconds and a list
-    `sample_tokens` (tokens generated per sample).
-    """
-    recorder = ChatRecorder(model, kind="generate")
-    if recorder.log is None:
-        return
-    counts = stats.get("sample_tokens") or [None] * len(texts)
-    common = {k: v for k, v in stats.items() if k != "sample_tokens"}
-    turns = [
-        {"prompt": prompt, "response": text, "settings": settings, "generated_tokens": n} | common
-        for text, n in zip(texts, counts, strict=True)
-    ]
-    recorder._safely(
-        lambda: recorder.log.add_turns(recorder.conversation_id, "generate", model, turns)  # type: ignore[union-attr]
-    )
-
-
-def history_turns(messages: list[dict[str, str]], system: str | None) -> list[dict[str, Any]]:
-    """Loaded messages as turns to log: each user message with the reply that follows it
-    (a user message with no reply is left out, as a chat abandons it)."""
-    turns: list[dict[str, Any]] = []
-    prompt: str | None = None
-    for message in messages:
-        if message["role"] == "user":
-            prompt = message["content"]
-        elif message["role"] == "assistant":
-            turn = {"prompt": prompt or "", "response": message["content"], "system": system}
-            turns.append(turn | {"finish": "loaded"})
-            prompt = None
-    return turns

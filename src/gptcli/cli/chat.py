@@ -47,7 +47,7 @@ from gptcli.errors import GptError
 from gptcli.hardware import sleeping_omp_threads
 
 if TYPE_CHECKING:
-    from gptcli.chatlog import ChatRecorder
+    from gptcli.chatrecorder import ChatRecorder
     from gptcli.conversation import ChatSession
 
 HELP = """Chat with a model: a REPL with line editing, history and streamed replies.
@@ -118,7 +118,8 @@ def chat(
 ) -> None:
     sleeping_omp_threads()
     from gptcli.chat import load_template
-    from gptcli.chatlog import ChatRecorder, logging_on
+    from gptcli.chatlog import logging_on
+    from gptcli.chatrecorder import ChatRecorder
     from gptcli.conversation import ChatSession, ChatSettings
     from gptcli.inference.loader import load
 

@@ -13,7 +13,8 @@ import typer
 from gptcli.errors import GptError
 
 if TYPE_CHECKING:
-    from gptcli.chatlog import ChatLog, ChatRecorder, LoggedConversation
+    from gptcli.chatlog import ChatLog, LoggedConversation
+    from gptcli.chatrecorder import ChatRecorder
     from gptcli.conversation import ChatSession, ChatSettings, ReplyStream
 
 

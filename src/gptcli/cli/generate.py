@@ -145,7 +145,7 @@ def generate(
     if stats:
         info(run.stats.summary())
     if log:
-        from gptcli.chatlog import log_generation
+        from gptcli.chatrecorder import log_generation
 
         timings = {
             "prompt_tokens": run.stats.prompt_tokens,
