@@ -52,8 +52,8 @@ def gpt_on_terminal(home: Path, *args: str) -> tuple[int, str]:
 
 
 USAGE_ERRORS = [
-    (["generate", "--bogus"], "error: no such option: --bogus (see gpt generate --help)"),
-    (["bogus"], "error: no such command 'bogus' (see gpt --help)"),
+    (["generate", "--wibble"], "error: no such option: --wibble (see gpt generate --help)"),
+    (["wibble"], "error: no such command 'wibble' (see gpt --help)"),
     (["models", "list", "--json", "true"], "error: got unexpected extra argument(s) (true)"),
     (["models", "rm"], "error: missing argument 'NAME' (see gpt models rm --help)"),
     (["train"], "error: missing argument 'FILE_OR_DIR...' (or inputs in --config)"),
@@ -71,10 +71,10 @@ def test_usage_errors_are_one_line_in_a_pipe(home: Path, args: list[str], start:
 
 
 def test_usage_errors_are_one_line_on_a_terminal(home: Path) -> None:
-    code, output = gpt_on_terminal(home, "generate", "--bogus")
+    code, output = gpt_on_terminal(home, "generate", "--wibble")
     assert code == 2
     plain = re.sub(r"\x1b\[[0-9;]*m", "", output)  # colour, should there be any
-    assert plain == "error: no such option: --bogus (see gpt generate --help)\n", output
+    assert plain == "error: no such option: --wibble (see gpt generate --help)\n", output
 
 
 def test_no_arguments_still_prints_the_help(home: Path) -> None:
@@ -105,12 +105,18 @@ USAGE_LINES = {
     ("models", "default"): "gpt models default [OPTIONS] [NAME]",
     ("models", "import"): "gpt models import [OPTIONS] DIR",
     ("models", "export"): "gpt models export [OPTIONS] NAME DIR|FILE.GGUF",
+    ("logs",): "gpt logs [OPTIONS] COMMAND [ARGS]...",
+    ("logs", "search"): "gpt logs search [OPTIONS] WORDS...",
+    ("logs", "path"): "gpt logs path [OPTIONS]",
+    ("logs", "rm"): "gpt logs rm [OPTIONS]",
+    ("logs", "on"): "gpt logs on [OPTIONS]",
+    ("logs", "off"): "gpt logs off [OPTIONS]",
 }
 
 
 def test_every_command_has_a_usage_line_and_lists_it(home: Path) -> None:
     listed = set()
-    for group in ((), ("models",), ("tokenize",)):
+    for group in ((), ("models",), ("tokenize",), ("logs",)):
         names = re.findall(r"^│ (\w+) ", run(*group, "--help").stdout, re.M)
         listed |= {(*group, name) for name in names}
     assert listed == set(USAGE_LINES)
