@@ -422,3 +422,18 @@ def test_regen_and_clear_in_the_log(logs: Path, monkeypatch: pytest.MonkeyPatch)
     assert logged[0][0] == logged[1][0] != logged[2][0]
     markdown = run("logs", "--cid", logged[0][0]).stdout
     assert markdown.count("redone with /regen") == 1
+
+
+def test_a_continued_conversation_is_cut_to_the_context(
+    logs: Path, trained: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gptcli.cli.chat import CONTEXT_NOTICE
+
+    monkeypatch.setenv("GPTCLI_HOME", str(trained["home"]))  # `tiny`: a context of 32 tokens
+    turns = "Once upon a time there was a hen\nShe lived by the lane\n"
+    run("chat", "-m", "tiny", "-n", "12", "--seed", "3", input=turns)
+    result = run("chat", "-c", "--json", input="And then\n")
+    assert result.stderr.count(CONTEXT_NOTICE) == 1  # the oldest turns are left out
+    assert json.loads(result.stdout)["model"] == "tiny"
+    prompts = rows(logs, "SELECT prompt FROM responses ORDER BY id")
+    assert [p for (p,) in prompts] == [*turns.splitlines(), "And then"]  # the log keeps all
