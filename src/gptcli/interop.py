@@ -20,8 +20,12 @@ from gptcli.record import RunRecord
 from gptcli.store import ModelStore, disk_full_message, is_disk_full, write_text_atomic
 
 
-def import_hf_dir(directory: Path, name: str, force: bool, store: ModelStore) -> dict[str, Any]:
-    """Converts a Hugging Face GPT-2 or NanoChat directory into a stored model; a summary."""
+def import_hf_dir(
+    directory: Path, name: str, force: bool, store: ModelStore, source: str | None = None
+) -> dict[str, Any]:
+    """Converts a Hugging Face GPT-2 or NanoChat directory into a stored model; a summary.
+
+    `source` is what the record names as the origin (a Hub repo and commit), else the path."""
     target = store.model_dir(name)
     if target.exists() and not force:
         raise GptError(f"a model named {name!r} already exists (use --force to replace it)")
@@ -32,7 +36,8 @@ def import_hf_dir(directory: Path, name: str, force: bool, store: ModelStore) ->
             f"{directory}: not a Hugging Face model directory (no config.json with a model_type)"
         )
     loaded = load_model(directory)  # validates shapes and vocabulary, the one loader
-    record = RunRecord("import", source=str(directory.resolve()), tokenizer=loaded.tokenizer.kind)
+    origin = source or str(directory.resolve())
+    record = RunRecord("import", source=origin, tokenizer=loaded.tokenizer.kind)
     try:
         with store.staged(target, force=force) as staging:
             write_model_dir(staging, loaded.model, loaded.tokenizer, record.to_dict())

@@ -1,4 +1,4 @@
-"""`gpt models list|show|rm|prune|default|import|export`: the store, Hugging Face and GGUF."""
+"""`gpt models list|show|rm|prune|default|import|pull|export`: the store, Hugging Face, GGUF."""
 
 from __future__ import annotations
 
@@ -505,12 +505,14 @@ def default_cmd(
         typer.echo(current if name is None else f"default model: {name}")
 
 
-IMPORT_HELP = """Import a Hugging Face GPT-2 model directory into the store.
+IMPORT_HELP = """Import a Hugging Face GPT-2 or NanoChat model directory into the store.
 
-DIR holds config.json (model_type gpt2), model.safetensors, and tokenizer.json or vocab.json +
-merges.txt, as written by transformers' save_pretrained. Nothing is downloaded. Pickle
-checkpoints (pytorch_model.bin) are refused. The model becomes the default if there is none
-yet. Any command's -m also takes such a directory directly, without importing it.
+DIR holds config.json (model_type gpt2 or nanochat), model.safetensors, and tokenizer.json or
+vocab.json + merges.txt, as written by transformers' save_pretrained. Pickle checkpoints
+(pytorch_model.bin) are refused. ORG/NAME[@REVISION] imports a repo already in the Hugging
+Face cache (see `gpt models pull`), offline; a directory of that relative path wins. Nothing is
+downloaded. The model becomes the default if there is none yet. Any command's -m also takes
+such a directory directly, without importing it.
 
 Example: gpt models import ~/models/gpt2 --name gpt2
 """
@@ -518,18 +520,39 @@ Example: gpt models import ~/models/gpt2 --name gpt2
 
 @app.command("import", help=IMPORT_HELP, cls=Command)
 def import_cmd(
-    directory: Annotated[str, typer.Argument(metavar="DIR", help="Hugging Face GPT-2 directory.")],
+    directory: Annotated[
+        str,
+        typer.Argument(
+            metavar="DIR|ORG/NAME", help="Hugging Face directory, or a repo in the HF cache."
+        ),
+    ],
     name: Annotated[
         str | None, typer.Option(help="Name in the store (default: the directory's name).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
     json_out: JsonOption = False,
 ) -> None:
+    from gptcli import hub
     from gptcli.interop import import_hf_dir
     from gptcli.store import ModelStore, check_name
 
     path = Path(directory).expanduser()
-    summary = import_hf_dir(path, check_name(name or path.resolve().name), force, ModelStore())
+    repo = None if path.exists() else hub.parse_repo(directory)
+    source = None
+    if repo is not None:
+        snapshot = hub.cached_snapshot(repo)
+        if snapshot is None:
+            raise GptError(
+                f"{directory}: no such directory, and {repo} is not in the Hugging Face cache "
+                f"({hub.cache_dir()}); download it with: gpt models pull {repo}"
+            )
+        path, source = snapshot, f"hf:{repo.repo_id}@{snapshot.name}"
+    default = repo.name if repo is not None else path.resolve().name
+    summary = import_hf_dir(path, check_name(name or default), force, ModelStore(), source)
+    print_import(summary, json_out)
+
+
+def print_import(summary: dict[str, Any], json_out: bool) -> None:
     if json_out:
         print_json(summary)
         return
@@ -538,6 +561,46 @@ def import_cmd(
         f"context {summary['context']}"
     )
     info(f'try: gpt generate "Hello, I\'m a language model," -m {summary["name"]}')
+
+
+PULL_HELP = """Download a model from the Hugging Face Hub and import it into the store.
+
+ORG/NAME[@REVISION] names a model repo (a branch, tag or commit after @). Only what the model
+needs is fetched: config.json, the safetensors weights (never pickle: a repo with only
+pytorch_model.bin is refused) and the tokenizer files, into the Hugging Face cache, where an
+interrupted download resumes next time. Then it is imported as `gpt models import` does
+(GPT-2 and NanoChat models). Needs huggingface_hub (the hub extra). Honours HF_TOKEN,
+HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, and HF_HUB_OFFLINE=1 (then only the cache is used).
+
+Examples:
+  gpt models pull openai-community/gpt2
+  gpt finetune gpt2 my-notes.txt --name notes && gpt chat -m notes
+"""
+
+
+@app.command("pull", help=PULL_HELP, cls=Command)
+def pull_cmd(
+    repo: Annotated[
+        str, typer.Argument(metavar="ORG/NAME[@REVISION]", help="Hugging Face model repo.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Name in the store (default: the repo's last part).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    from gptcli import hub
+    from gptcli.interop import import_hf_dir
+    from gptcli.store import ModelStore, check_name
+
+    ref = hub.require_repo(repo)
+    target = check_name(name or ref.name)
+    store = ModelStore()
+    if store.model_dir(target).exists() and not force:
+        raise GptError(f"a model named {target!r} already exists (use --force to replace it)")
+    snapshot = hub.pull(ref)
+    summary = import_hf_dir(snapshot, target, force, store, f"hf:{ref.repo_id}@{snapshot.name}")
+    print_import(summary, json_out)
 
 
 class ExportFormat(str, Enum):
