@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -119,7 +119,8 @@ class Event:
     """What the engine tells a request's sink: text of one choice, its end, or a failure.
 
     kind "text": `text` of choice `choice`; "done": the choice ended with `finish` ("stop" or
-    "length") after `tokens` tokens; "error": the request failed (`text` says why), and no
+    "length") after `tokens` tokens, whose ids are `ids` (`stop_token`: the stop id that ended
+    it, which is not one of them); "error": the request failed (`text` says why), and no
     further events follow for it.
     """
 
@@ -128,6 +129,8 @@ class Event:
     text: str = ""
     finish: str = ""
     tokens: int = 0
+    ids: tuple[int, ...] = ()
+    stop_token: int | None = None
 
 
 @dataclass
@@ -171,9 +174,11 @@ class Choice(Sequence):
         )
         self.request, self.choice, self.slot = request, choice, slot
         self.length = len(window)  # tokens in the slot's cache
+        self.start = len(window)  # where the generated tokens begin in `history`
 
     def advance(self, token: int) -> None:
         """The sampled token: emits its text, and the end when it ends the choice."""
+        stop_token = token if token in self.stop_ids else None
         piece = self.take(token)
         if piece:
             self.request.sink(Event("text", self.choice, text=piece))
@@ -181,9 +186,9 @@ class Choice(Sequence):
             rest = self.rest()
             if rest:
                 self.request.sink(Event("text", self.choice, text=rest))
-            self.request.sink(
-                Event("done", self.choice, finish=self.finish, tokens=self.generated)
-            )
+            ids = tuple(self.history[self.start :])
+            done = Event("done", self.choice, finish=self.finish, tokens=self.generated, ids=ids)
+            self.request.sink(replace(done, stop_token=stop_token))
 
 
 class QueueFull(GptError):

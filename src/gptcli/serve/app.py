@@ -18,6 +18,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -36,6 +37,7 @@ from gptcli.conversation import Conversation
 from gptcli.errors import GptError
 from gptcli.inference.batching import BatchEngine, Event, QueueFull, Request
 from gptcli.inference.text import ReplyTrim
+from gptcli.serve import scoring, tokens
 from gptcli.serve.origins import Policy
 from gptcli.serve.protocol import (
     ApiError,
@@ -43,11 +45,14 @@ from gptcli.serve.protocol import (
     CompletionParams,
     Envelope,
     Limits,
+    Prompt,
     SamplingParams,
     chat_params,
     completion_params,
     usage,
 )
+from gptcli.serve.scoring import TokenScore, score_tokens
+from gptcli.tokenizer import Tokenizer
 
 STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -84,6 +89,7 @@ class Job:
     ids: list[int]
     prompt_tokens: int  # after cutting to the context
     echo: str = ""
+    echo_ids: bool = False  # `logprobs` are reported for the prompt's tokens too
 
 
 # -- request bodies -------------------------------------------------------------------------
@@ -126,6 +132,7 @@ class Relay:
         self.choices = len(jobs) * params.n
         self.finish = [""] * self.choices
         self.tokens = [0] * self.choices
+        self.ids: list[list[int]] = [[] for _ in range(self.choices)]  # with a stop token
 
     def submit(self, stop_ids: frozenset[int], stops: tuple[str, ...]) -> None:
         """Queues every job with the engine; 503 when its queue is full."""
@@ -162,6 +169,21 @@ class Relay:
         for request in self.requests:
             request.cancel()
 
+    def logprobs(self, shape: Callable[[Tokenizer, list[TokenScore]], Any]) -> list[Any]:
+        """Each choice's `logprobs` object (on a worker thread: a forward pass per choice):
+        its generated tokens, after its prompt's with `echo`, scored by `scoring`."""
+        model, tok = self.served.loaded.model, self.served.loaded.tokenizer
+        top = self.params.logprobs or 0
+        shaped = []
+        for choice, generated in enumerate(self.ids):
+            job = self.jobs[choice // self.params.n]
+            prompt = job.ids if job.echo_ids else job.ids[-self.served.context :]
+            scores = score_tokens(
+                model, [*prompt, *generated], 0 if job.echo_ids else len(prompt), top
+            )
+            shaped.append(shape(tok, scores))
+        return shaped
+
     @property
     def prompt_tokens(self) -> int:
         return sum(job.prompt_tokens for job in self.jobs)  # once per prompt, as OpenAI counts
@@ -197,6 +219,8 @@ class Relay:
                     left -= 1
                     self.finish[event.choice] = event.finish
                     self.tokens[event.choice] = event.tokens
+                    stop = [] if event.stop_token is None else [event.stop_token]
+                    self.ids[event.choice] = [*event.ids, *stop]
                 yield event
         finally:
             self.cancel()  # a no-op for the choices that are done
@@ -274,16 +298,37 @@ class Server:
         texts = [jobs[i // params.sampling.n].echo for i in range(relay.choices)]
         async for event in relay.events(request):
             texts[event.choice] += event.text
+        logprobs: list[Any] = [None] * relay.choices
+        if params.sampling.logprobs is not None:
+            logprobs = await asyncio.to_thread(relay.logprobs, scoring.completion_logprobs)
         choices = [
-            {"text": text, "index": i, "logprobs": None, "finish_reason": relay.finish[i]}
+            {"text": text, "index": i, "logprobs": logprobs[i], "finish_reason": relay.finish[i]}
             for i, text in enumerate(texts)
         ]
         envelope = Envelope("cmpl", "text_completion", served.name)
         return JSONResponse(envelope.wrap(choices, usage=relay.usage()))
 
-    def _completion_job(self, served: ServedModel, text: str, params: CompletionParams) -> Job:
+    def _completion_job(self, served: ServedModel, prompt: Prompt, params: CompletionParams) -> Job:
         tok = served.loaded.tokenizer
-        ids = tok.encode(text)
+        if isinstance(prompt, str):
+            text, ids = prompt, tok.encode(prompt)
+        else:
+            vocab = tok.vocab_size
+            if any(not 0 <= t < vocab for t in prompt):
+                raise ApiError(
+                    400, f"prompt token ids must be between 0 and {vocab - 1}", param="prompt"
+                )
+            text, ids = tok.decode(prompt), list(prompt)
+        scored = params.echo and params.sampling.logprobs is not None
+        if scored and len(ids) > served.context:
+            raise ApiError(
+                400,
+                f"the prompt is {len(ids)} tokens, longer than the model's context "
+                f"({served.context}): with echo and logprobs every prompt token is scored, so "
+                "it is not cut (lm-evaluation-harness: pass max_length=<context>)",
+                param="prompt",
+                code="context_length_exceeded",
+            )
         if not ids:
             if tok.eot_id is None:
                 raise ApiError(
@@ -291,7 +336,7 @@ class Server:
                 )
             ids = [tok.eot_id]
         # A prompt longer than the context is cut to its newest tokens, as in gpt generate.
-        return Job(ids, min(len(ids), served.context), text if params.echo else "")
+        return Job(ids, min(len(ids), served.context), text if params.echo else "", scored)
 
     async def chat_completions(self, request: HttpRequest) -> Response:
         self.authorize(request)
@@ -309,11 +354,14 @@ class Server:
         texts = [""] * relay.choices
         async for event in relay.events(request):
             texts[event.choice] += trims[event.choice].push(event.text)
+        logprobs: list[Any] = [None] * relay.choices
+        if params.sampling.logprobs is not None:
+            logprobs = await asyncio.to_thread(relay.logprobs, scoring.chat_logprobs)
         choices = [
             {
                 "index": i,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs[i],
                 "finish_reason": relay.finish[i],
             }
             for i, text in enumerate(texts)
@@ -464,6 +512,9 @@ def create_app(server: Server, policy: Policy) -> Starlette:
         Route("/v1/models/{name:path}", server.get_model, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        Route("/tokenizer_info", partial(tokens.tokenizer_info, server), methods=["GET"]),
+        Route("/tokenize", partial(tokens.tokenize, server), methods=["POST"]),
+        Route("/detokenize", partial(tokens.detokenize, server), methods=["POST"]),
     ]
     handlers = {ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected}
     guard = Middleware(OriginGuard, policy=policy)

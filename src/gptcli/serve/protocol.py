@@ -11,14 +11,16 @@ import math
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gptcli.chat import ROLES, Message, check_messages
 from gptcli.errors import GptError
 from gptcli.sample import SamplingSettings
 
-MAX_STOPS = 4
+MAX_STOPS = 16
+MAX_LOGPROBS = 5  # top entries per position in /v1/completions (OpenAI's legacy limit)
+MAX_TOP_LOGPROBS = 20  # top entries per token in /v1/chat/completions
 
 
 class ApiError(Exception):
@@ -144,6 +146,7 @@ class SamplingParams:
     stream: bool
     include_usage: bool
     ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives reported per token; None: no logprobs
 
 
 def sampling_params(
@@ -195,9 +198,7 @@ def sampling_params(
         if not stream:
             raise invalid("stream_options", "'stream_options' needs 'stream': true")
         include_usage = _boolean(options, "include_usage", False)
-    logprobs = body.get("logprobs")
-    if logprobs not in (None, False, 0):
-        raise invalid("logprobs", "logprobs are not supported by this server")
+    refuse_unsupported(body)
     try:
         settings = SamplingSettings(
             temperature=temperature if temperature is not None else SamplingSettings.temperature,
@@ -216,12 +217,94 @@ def sampling_params(
     )
 
 
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """Fields a client relies on that this server cannot honour: a 400 naming the field, never
+    a reply that silently ignores them. Empty or null values (and `{"type": "text"}`, `"none"`)
+    ask for nothing and pass."""
+    for key in ("tools", "functions"):
+        if body.get(key) not in (None, []):
+            raise invalid(key, f"'{key}' is not supported by this server (no tool calling)")
+    for key in ("tool_choice", "function_call"):
+        if body.get(key) not in (None, "none", ""):
+            raise invalid(key, f"'{key}' is not supported by this server (no tool calling)")
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise invalid(
+            "response_format",
+            '\'response_format\' other than {"type": "text"} is not supported by this '
+            "server (no JSON mode or schemas)",
+        )
+    if body.get("logit_bias") not in (None, {}):
+        raise invalid("logit_bias", "'logit_bias' is not supported by this server")
+
+
+def completion_logprobs(body: dict[str, Any]) -> int | None:
+    """Legacy completions: `logprobs` N (0..5) reports each token's log-probability and the N
+    likeliest alternatives; null (or absent) reports none."""
+    value = body.get("logprobs")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return 0
+    top = _integer(body, "logprobs", None)
+    assert top is not None
+    _in_range("logprobs", top, 0, MAX_LOGPROBS)
+    return top
+
+
+def chat_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat completions: `logprobs` true, with `top_logprobs` N (0..20) alternatives."""
+    wanted = _boolean(body, "logprobs", False)
+    top = _integer(body, "top_logprobs", None)
+    if top is not None and not wanted:
+        raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    _in_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)
+    return (top or 0) if wanted else None
+
+
+def with_logprobs(sampling: SamplingParams, top: int | None) -> SamplingParams:
+    if top is not None and sampling.stream:
+        raise invalid("logprobs", "'logprobs' is not available with 'stream': true here")
+    return replace(sampling, logprobs=top)
+
+
 # -- the two kinds of request ---------------------------------------------------------------
+Prompt = str | list[int]  # text, or token ids
+
+
 @dataclass(frozen=True)
 class CompletionParams:
     sampling: SamplingParams
-    prompts: list[str]
+    prompts: list[Prompt]
     echo: bool
+
+
+def token_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def prompt_list(prompt: Any) -> list[Prompt]:
+    """A string, a list of strings, a list of token ids or a list of such lists."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if token_list(prompt):
+        return [list(prompt)]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return list(prompt)
+        if all(token_list(p) for p in prompt):
+            return [list(p) for p in prompt]
+    if prompt == []:
+        raise invalid("prompt", "'prompt' must not be an empty list")
+    raise invalid(
+        "prompt",
+        "'prompt' must be a string, a list of strings, a list of token ids or a list of "
+        "non-empty lists of token ids",
+    )
 
 
 @dataclass(frozen=True)
@@ -232,12 +315,8 @@ class ChatParams:
 
 def completion_params(body: dict[str, Any], served: list[str], limits: Limits) -> CompletionParams:
     sampling = sampling_params(body, served, limits, default_max_tokens=16)
-    prompt = body.get("prompt", "")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise invalid("prompt", "'prompt' must be a string or a list of strings")
-    if not prompts:
-        raise invalid("prompt", "'prompt' must not be an empty list")
+    sampling = with_logprobs(sampling, completion_logprobs(body))
+    prompts = prompt_list(body.get("prompt", ""))
     if len(prompts) > limits.max_prompts:
         raise ApiError(413, f"at most {limits.max_prompts} prompts per request", param="prompt")
     if len(prompts) * sampling.n > limits.max_n:
@@ -263,6 +342,7 @@ def message_text(content: Any, index: int) -> str:
 
 def chat_params(body: dict[str, Any], served: list[str], limits: Limits) -> ChatParams:
     sampling = sampling_params(body, served, limits, default_max_tokens=256)
+    sampling = with_logprobs(sampling, chat_logprobs(body))
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise invalid("messages", "'messages' must be a non-empty list")
