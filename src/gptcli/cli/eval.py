@@ -42,8 +42,15 @@ lm-evaluation-harness's acc_norm).
 --task classify --data FILE.jsonl: one {"text": ..., "label": ...} a line, for classifier models
 (fine-tuned with --task classify): accuracy, per-label precision and recall, confusion matrix.
 
+--harness TASK[,TASK...]: EleutherAI's lm-evaluation-harness run in-process on the model
+(needs the harness extra: pip install "gptcli[harness]"), printing its table (or --json): its
+tasks (hellaswag, arc_easy, lambada_openai, ...; their data comes from the Hugging Face Hub,
+or its cache when offline) or local task YAMLs (--include-path DIR). --limit N (or a fraction)
+scores the first items only; --num-fewshot K puts K solved examples before each.
+
 Example: gpt eval stories other-model --data test.txt
 Example: gpt eval --task choice --data examples/choice.jsonl
+Example: gpt eval gpt2 --harness hellaswag,arc_easy --limit 200
 """
 
 # A classifier model's config.json names its labels.
@@ -190,6 +197,20 @@ def evaluate(
         bool, typer.Option("--json", help="One JSON object per model on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    harness: Annotated[
+        str | None,
+        typer.Option(metavar="TASK[,TASK...]", help="lm-evaluation-harness tasks, run in-process."),
+    ] = None,
+    limit: Annotated[
+        float | None, typer.Option(help="--harness: the first N items (or a fraction < 1).")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option("--num-fewshot", help="--harness: solved examples shown first.")
+    ] = None,
+    include_path: Annotated[
+        list[str] | None,
+        typer.Option("--include-path", help="--harness: a directory of task YAMLs, repeatable."),
+    ] = None,
 ) -> None:
     from gptcli.data import find_text_files, read_text
     from gptcli.evaluate import (
@@ -209,6 +230,24 @@ def evaluate(
 
     store = ModelStore()
     model_dirs = [store.resolve(ref) for ref in models or [None]]
+    if harness is not None:
+        if data or task is not Task.lm or stride is not None:
+            raise GptError(
+                "--harness runs lm-evaluation-harness tasks: no --data, --task, --stride"
+            )
+        return harness_eval(
+            model_dirs,
+            harness,
+            limit,
+            num_fewshot,
+            include_path or [],
+            device,
+            dtype,
+            json_out,
+            store,
+        )
+    if limit is not None or num_fewshot is not None or include_path:
+        raise GptError("--limit, --num-fewshot and --include-path apply to --harness")
     if task is Task.classify:
         for model_dir in model_dirs:
             if not is_classifier(model_dir):
@@ -274,6 +313,62 @@ def evaluate(
             del loaded
     if not json_out:
         print_table(rows, task)
+
+
+def harness_eval(
+    model_dirs: list[Path],
+    tasks: str,
+    limit: float | None,
+    num_fewshot: int | None,
+    include_path: list[str],
+    device: str,
+    dtype: str,
+    json_out: bool,
+    store: ModelStore,
+) -> None:
+    """`--harness`: lm-eval's results for each model, as its table or one JSON object each."""
+    from gptcli.harness import import_lm_eval, run_harness
+    from gptcli.inference.loader import load
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise GptError("--harness needs at least one task name")
+    if limit is not None and (limit <= 0 or (limit > 1 and not limit.is_integer())):
+        raise GptError("--limit must be a whole number of items, or a fraction between 0 and 1")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise GptError("--num-fewshot must be 0 or more")
+    import_lm_eval()  # say that it is missing before loading anything
+    from lm_eval.utils import make_table
+
+    paths = [Path(p).expanduser() for p in include_path]
+    for model_dir in model_dirs:
+        loaded = load(str(model_dir), device, dtype, store=store)
+        results = run_harness(loaded, names, limit, num_fewshot, paths)
+        if json_out:
+            print_json(
+                {
+                    "model": loaded.name,
+                    "results": json_safe(results.get("results", {})),
+                    "n-shot": json_safe(results.get("n-shot", {})),
+                    "n-samples": json_safe(results.get("n-samples", {})),
+                    "limit": limit,
+                }
+            )
+        else:
+            out.print(f"[bold]{loaded.name}[/bold]", highlight=False)
+            out.print(make_table(results), markup=False, highlight=False)
+            if results.get("groups"):
+                out.print(make_table(results, "groups"), markup=False, highlight=False)
+        del loaded
+
+
+def json_safe(value: Any) -> Any:
+    """lm-eval's results with numpy numbers as plain ones, and anything else as text."""
+    import json
+
+    return json.loads(
+        json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    )
 
 
 def print_table(rows: list[dict[str, Any]], task: Task) -> None:
