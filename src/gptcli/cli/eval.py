@@ -209,7 +209,11 @@ def evaluate(
     ] = None,
     include_path: Annotated[
         list[str] | None,
-        typer.Option("--include-path", help="--harness: a directory of task YAMLs, repeatable."),
+        typer.Option(
+            "--include-path",
+            metavar="DIR",
+            help="--harness: a directory of task YAMLs, repeatable.",
+        ),
     ] = None,
 ) -> None:
     from gptcli.data import find_text_files, read_text
