@@ -74,6 +74,7 @@ class FakeHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     drop: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, range
+    tokens: set[str] = field(default_factory=set)  # Authorization headers seen
     url: str = ""
 
     def add(self, repo_id: str, directory: Path, skip: tuple[str, ...] = ()) -> None:
@@ -117,6 +118,7 @@ def handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def handle_any(self, head: bool) -> None:
             path = self.path.split("?", 1)[0]
             hub.requests.append((self.command, path, self.headers.get("Range", "")))
+            hub.tokens.add(self.headers.get("Authorization", ""))
             info = INFO.fullmatch(path)
             if info and not head:
                 files = hub.repos.get(info["repo"])
