@@ -341,6 +341,8 @@ def harness_eval(
         raise GptError("--limit must be a whole number of items, or a fraction between 0 and 1")
     if num_fewshot is not None and num_fewshot < 0:
         raise GptError("--num-fewshot must be 0 or more")
+    if limit is not None and limit >= 1:
+        limit = int(limit)  # a count of items; below 1, a fraction of them
     import_lm_eval()  # say that it is missing before loading anything
     from lm_eval.utils import make_table
 

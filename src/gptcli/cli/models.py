@@ -527,7 +527,8 @@ def import_cmd(
         ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="Name in the store (default: the directory's name).")
+        str | None,
+        typer.Option(help="Name in the store (default: the directory's or repo's last part)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a model of that name.")] = False,
     json_out: JsonOption = False,

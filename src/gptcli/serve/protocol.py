@@ -256,7 +256,7 @@ def chat_logprobs(body: dict[str, Any]) -> int | None:
     """Chat completions: `logprobs` true, with `top_logprobs` N (0..20) alternatives."""
     wanted = _boolean(body, "logprobs", False)
     top = _integer(body, "top_logprobs", None)
-    if top is not None and not wanted:
+    if top and not wanted:
         raise invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     _in_range("top_logprobs", top, 0, MAX_TOP_LOGPROBS)
     return (top or 0) if wanted else None
