@@ -174,3 +174,14 @@ def test_pull_names_bad_repo_references(home: Path) -> None:
     for bad in ("gpt2", "a/b/c", "../x", "org/name@"):
         done = run("models", "pull", bad, code=1)
         assert "expected ORG/NAME[@REVISION]" in done.stderr, bad
+
+
+def test_pull_without_huggingface_hub_is_one_line_hint(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    done = run("models", "pull", REPO, code=1)
+    assert done.stderr.strip() == (
+        'error: downloading models needs huggingface_hub: pip install "gptcli[hub]"'
+    )
