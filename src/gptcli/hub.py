@@ -21,7 +21,7 @@ from typing import Any
 
 from gptcli.errors import GptError
 
-HINT = 'error: downloading models needs huggingface_hub: pip install "gptcli[hub]"'
+HINT = 'downloading models needs huggingface_hub: pip install "gptcli[hub]"'
 # Files a model directory may need besides its weights; anything else in a repo is left there.
 CONFIG = "config.json"
 TOKENIZER_FILES = (
@@ -119,7 +119,7 @@ def import_hub() -> Any:
     try:
         import huggingface_hub
     except ImportError:
-        raise GptError(HINT.removeprefix("error: ")) from None
+        raise GptError(HINT) from None
     return huggingface_hub
 
 

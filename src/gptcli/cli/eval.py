@@ -43,7 +43,7 @@ lm-evaluation-harness's acc_norm).
 (fine-tuned with --task classify): accuracy, per-label precision and recall, confusion matrix.
 
 --harness TASK[,TASK...]: EleutherAI's lm-evaluation-harness run in-process on the model
-(needs the harness extra: pip install "gptcli[harness]"), printing its table (or --json): its
+(needs the harness extra: pip install "gptcli\\[harness]"), printing its table (or --json): its
 tasks (hellaswag, arc_easy, lambada_openai, ...; their data comes from the Hugging Face Hub,
 or its cache when offline) or local task YAMLs (--include-path DIR). --limit N (or a fraction)
 scores the first items only; --num-fewshot K puts K solved examples before each.
