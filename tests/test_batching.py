@@ -199,44 +199,54 @@ def test_the_native_step_on_one_slot_of_the_ragged_cache(tok: Tokenizer, family:
     assert not cache.k[:, 2, :, n:].any()
 
 
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.int8])
-def test_a_lone_request_decodes_as_generate_does_through_the_native_step(
-    tok: Tokenizer, dtype: torch.dtype
+def test_alone_or_together_the_native_step_gives_generates_tokens(
+    tok: Tokenizer, family: str, dtype: torch.dtype
 ) -> None:
-    """Alone, a request is prefilled and decoded by the native CPU step in its slot, as `gpt
-    generate` decodes: the same tokens even where activations in bfloat16 and float32 part."""
+    """On the CPU every prefill and step goes through the native step, sequences side by side
+    in one pass: each gets the tokens `gpt generate` gives it alone, even where activations
+    in bfloat16 (torch's batched path) and float32 (the native step's) part."""
     from gptcli import kernels
     from gptcli.inference.precision import prepare_for_inference
 
     if kernels.library() is None:
         pytest.skip(f"no native step here: {kernels.unavailable()}")
-    model = prepare_for_inference(tiny(tok, "modern"), dtype)
+    model = prepare_for_inference(tiny(tok, family), dtype)
+    prompts = ["hello", "tiny corpus of", "t", "this is a"]
+    n = 9 if family == "modern" else 30  # gpt2: past the context, prefilled again
     engine = BatchEngine(model, tok, max_batch=4).start()
     try:
-        for i, prompt in enumerate(["hello", "tiny corpus of", "t"]):
-            for settings in SETTINGS[:2]:
-                sink = Collector()
-                engine.submit(Request(tok.encode(prompt), 9, settings, 3 + i, sink))
-                assert sink.done.wait(60) and not sink.errors
-                assert sink.texts[0] == reference(model, tok, prompt, 9, settings, 3 + i)
+        for settings in SETTINGS[:2]:
+            expected = [reference(model, tok, p, n, settings, 3 + i) for i, p in enumerate(prompts)]
+            for together in (False, True):
+                sinks = []
+                for i, prompt in enumerate(prompts):
+                    sink = Collector()
+                    engine.submit(Request(tok.encode(prompt), n, settings, 3 + i, sink))
+                    sinks.append(sink)
+                    if not together:
+                        assert sink.done.wait(60)
+                for sink in sinks:
+                    assert sink.done.wait(60) and not sink.errors
+                assert [s.texts[0] for s in sinks] == expected, (settings, together)
         assert engine.native_steps == engine.steps > 0
-        # a second request arriving (here on the first's first token, so they overlap for
-        # sure): both go on in torch's batched path, the first from the slot the native step
-        # filled
-        first, second = Collector(), Collector()
-        arrived: list[bool] = []
+    finally:
+        engine.stop()
 
-        def first_then_second(event: Event) -> None:
-            if event.kind == "text" and not arrived:
-                arrived.append(True)
-                engine.submit(Request(tok.encode("tiny"), 9, SETTINGS[0], 2, second))
-            first(event)
 
-        native_before = engine.native_steps
-        engine.submit(Request(tok.encode("hello"), 9, SETTINGS[0], 1, first_then_second))
-        for sink in (first, second):
-            assert sink.done.wait(60) and not sink.errors and sink.tokens[0] == 9
-        assert engine.native_steps - native_before < 8 + 8  # alone: 8 steps each after prefill
+def test_a_prompt_token_the_model_does_not_know_fails_that_request_only(tok: Tokenizer) -> None:
+    model = tiny(tok, "gpt2")
+    engine = BatchEngine(model, tok, max_batch=4).start()
+    greedy = SamplingSettings(temperature=0)
+    try:
+        bad, good = Collector(), Collector()
+        with engine.lock:  # both join at the same step
+            engine.submit(Request([1, tok.vocab_size + 3], 5, greedy, 0, bad))
+            engine.submit(Request(tok.encode("hello"), 5, greedy, 0, good))
+        assert bad.done.wait(60) and good.done.wait(60)
+        assert bad.errors == [f"token id out of range for the vocabulary of {tok.vocab_size}"]
+        assert not good.errors and good.texts[0] == reference(model, tok, "hello", 5, greedy, 0)
     finally:
         engine.stop()
 

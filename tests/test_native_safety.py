@@ -201,9 +201,9 @@ def test_only_older_builds_of_the_same_machine_are_removed(built: Path) -> None:
 @pytest.mark.parametrize(
     ("sizes", "version", "said"),
     [
-        ([24, 144, 7], 0, r"Model is 7 bytes, this gptcli's \d+"),
+        ([24, 144, 7, 40], 0, r"Model is 7 bytes, this gptcli's \d+"),
         (None, 99, "speaks ABI 99, this gptcli 1"),
-        ([24, 144], 0, "passes 2 structs, this gptcli 3"),
+        ([24, 144], 0, "passes 2 structs, this gptcli 4"),
     ],
 )
 def test_a_library_of_another_abi_is_refused_in_one_line(

@@ -8,13 +8,13 @@ string, max_tokens, cancelled by its caller) leaves its slot at once without hol
 
 Per token each choice goes through the same policy as `gpt generate`'s samples
 (`gptcli.inference.sequence`: penalties, its own generator, stop ids, stop strings, text), so a
-request running alone gets the tokens `gpt generate` prints: on the CPU
-its prefill and steps go through the native step `gpt generate` runs for one row
-(`gptcli.kernels`), on the request's slot of the shared cache. Sequences decoded side by side
-go through torch's batched matrix products, whose float sums may differ from a lone row's in
-the last bits, and which keep bfloat16 and int8 models' activations in bfloat16 where the
-native step keeps them in float32: where two logits nearly tie, such a model's tokens here
-and there may part.
+request gets the tokens `gpt generate` prints, alone or beside others: on the CPU every
+prefill and step goes through the native step (`gptcli.kernels.rows`), all the sequences of a
+step in one pass over the weights, and a row's numbers there do not depend on the rows beside
+it; the rows of a step are sampled together. Where the native step cannot run (a GPU, LoRA
+adapters, no compiler), torch's batched path decodes instead; its float sums may differ from
+a lone row's in the last bits, so where two logits nearly tie a sequence's tokens there may
+part from `gpt generate`'s.
 
 It knows nothing of HTTP or JSON: callers submit `Request`s and receive `Event`s through the
 `sink` callback they give (called on the engine's thread).
@@ -33,7 +33,7 @@ import torch
 from gptcli.errors import GptError
 from gptcli.inference.sequence import Sequence, sample_rows
 from gptcli.inference.text import TextStream
-from gptcli.kernels.step import NativeDecodeStep
+from gptcli.kernels.rows import NativeRows
 from gptcli.model import GPT, KVCache
 from gptcli.sample import SamplingSettings
 from gptcli.tokenizer import Tokenizer
@@ -101,11 +101,16 @@ class RaggedKVCache:
         self.k[:, slot, :, :length] = source.k[:, row, :, :length]
         self.v[:, slot, :, :length] = source.v[:, row, :, :length]
 
+    def copy(self, slot: int, source: int, length: int) -> None:
+        """Copies the first `length` positions of slot `source` into `slot`."""
+        self.k[:, slot, :, :length] = self.k[:, source, :, :length]
+        self.v[:, slot, :, :length] = self.v[:, source, :, :length]
+
 
 @dataclass
 class SlotCache:
-    """One slot of a `RaggedKVCache` as the native step sees a cache (`RowCache`): the cache's
-    tensors, and the slot's length as `pos`, set before each call."""
+    """One slot of a `RaggedKVCache` as the one-row native step sees a cache (`RowCache`): the
+    cache's tensors, and the slot's length as `pos`, set before each call."""
 
     k: torch.Tensor
     v: torch.Tensor
@@ -191,6 +196,9 @@ class Choice(Sequence):
             self.request.sink(replace(done, stop_token=stop_token))
 
 
+PREFILL_TOKENS = 2048  # prompt tokens in one native prefill pass (its buffers grow with them)
+
+
 class QueueFull(GptError):
     """More requests wait than the engine's queue holds."""
 
@@ -212,8 +220,8 @@ class BatchEngine:
         self.lock = threading.Condition()
         self.stopping = False
         self.steps = 0  # decode steps run (one forward pass each)
-        self.native_steps = 0  # of which a lone sequence's, through the native CPU step
-        self.native: dict[int, NativeDecodeStep | None] = {}  # slot -> its native step
+        self.native_steps = 0  # of which through the native CPU step
+        self._rows: list[NativeRows | None] = []  # the native step on every slot, once made
         self.thread = threading.Thread(target=self._run, name="gpt-batch-engine", daemon=True)
 
     def start(self) -> BatchEngine:
@@ -259,8 +267,7 @@ class BatchEngine:
                 try:
                     if joining:
                         self._join(joining)
-                    for seq in self.refill:
-                        self._prefill_again(seq)
+                    self._prefill_again(self.refill)
                     self.refill.clear()
                     self._drop_ended()
                     if self.active:
@@ -305,27 +312,34 @@ class BatchEngine:
         rows = torch.arange(len(windows), device=device)
         return self.model.lm_head(hidden[rows, last]).float(), cache
 
-    def _native(self, slot: int) -> NativeDecodeStep | None:
-        """The native CPU step on this slot of the cache (made on first use), or None where
-        torch's path must run (see `NativeDecodeStep.for_model`)."""
-        if slot not in self.native:
-            view = SlotCache(self.cache.k, self.cache.v, self.cache.max_len)
-            self.native[slot] = NativeDecodeStep.for_model(self.model, view, row=slot)
-        return self.native[slot]
+    def _rows_step(self) -> NativeRows | None:
+        """The native CPU step on any slots of the cache (made, and the library built, on
+        first use), or None where torch's path must run (see `NativeRows.for_model`)."""
+        if not self._rows:
+            self._rows.append(NativeRows.for_model(self.model, self.cache))
+        return self._rows[0]
 
     def _join(self, requests: list[Request]) -> None:
         """Prefills the requests that joined at this step, and puts their choices in slots.
 
-        A request alone is prefilled alone, as `gpt generate` prefills it (the same numbers:
-        through the native step straight into its slot where that runs, for one choice);
-        several arriving together share one forward pass, which costs less than one each."""
+        On the CPU the native step prefills them all in one pass (each prompt into its first
+        choice's slot, as `gpt generate` prefills it: the same numbers), a few passes when the
+        prompts are long. Elsewhere a request alone is prefilled alone; several arriving
+        together share one forward pass of torch's. A request whose prompt holds a token the
+        model does not know fails alone."""
+        requests = [r for r in requests if self._known_tokens(r)]
+        if not requests:
+            return
         windows = [r.prompt[-self.context :] for r in requests]  # the newest, as gpt generate
         slots = self._free_slots()
-        lone = self._native(slots[0]) if len(requests) == 1 and requests[0].n == 1 else None
+        firsts, at = [], 0  # each request's first slot
+        for request in requests:
+            firsts.append(slots[at])
+            at += request.n
+        native = self._rows_step()
         prefilled: KVCache | None = None
-        if lone is not None:
-            lone.cache.pos = 0
-            logits = lone(torch.tensor([windows[0]]))
+        if native is not None:
+            logits = self._native_prefill(native, firsts, windows)
         elif len(requests) == 1:
             logits, prefilled = self._prefill(windows[0])
         else:
@@ -337,6 +351,8 @@ class BatchEngine:
                 slot = next(free)
                 if prefilled is not None:
                     self.cache.store(slot, prefilled, len(window), row)
+                elif slot != firsts[row]:  # another choice: a copy of the first's prompt
+                    self.cache.copy(slot, firsts[row], len(window))
                 seq = Choice(request, choice, slot, window, self.tokenizer, self.cache.k.device)
                 self.active[slot] = seq
                 joined.append(seq)
@@ -345,26 +361,57 @@ class BatchEngine:
             seq.advance(token)
             self._check_full(seq)
 
+    def _known_tokens(self, request: Request) -> bool:
+        """Whether every prompt token is in the model's vocabulary; if not, the request fails
+        (alone: the others go on)."""
+        if min(request.prompt) >= 0 and max(request.prompt) < self.vocab:
+            return True
+        why = f"token id out of range for the vocabulary of {self.vocab}"
+        request.sink(Event("error", text=why))
+        return False
+
+    def _native_prefill(
+        self, native: NativeRows, slots: list[int], windows: list[list[int]]
+    ) -> torch.Tensor:
+        """Prompt windows into their slots through the native step, together, in passes of
+        at most PREFILL_TOKENS tokens (one prompt may be longer): logits (len(windows), V)."""
+        out, start = [], 0
+        while start < len(windows):
+            end, tokens = start + 1, len(windows[start])
+            while end < len(windows) and tokens + len(windows[end]) <= PREFILL_TOKENS:
+                tokens += len(windows[end])
+                end += 1
+            out.append(native(slots[start:end], [0] * (end - start), windows[start:end]))
+            start = end
+        return out[0] if len(out) == 1 else torch.cat(out)
+
     def _check_full(self, seq: Choice) -> None:
         if not seq.finished and seq.length >= self.context:
             self.refill.append(seq)
 
-    def _prefill_again(self, seq: Choice) -> None:
-        """A sequence that filled the context goes on from its newest half (as gpt generate
-        does for a model with learned positions)."""
-        if seq.finished or seq.request.cancelled:
+    def _prefill_again(self, seqs: list[Choice]) -> None:
+        """Sequences that filled the context go on from their newest half (as gpt generate
+        does for a model with learned positions): through the native step together, where it
+        runs."""
+        seqs = [s for s in seqs if not (s.finished or s.request.cancelled)]
+        if not seqs:
             return
-        window = seq.history[-max(1, self.context // 2) :]
-        native = self._native(seq.slot)
-        if native is not None:  # into its own slot, as gpt generate prefills it again
-            native.cache.pos = 0
-            logits = native(torch.tensor([window]))
+        windows = [s.history[-max(1, self.context // 2) :] for s in seqs]
+        native = self._rows_step()
+        if native is not None:  # into their own slots, as gpt generate prefills it again
+            logits = self._native_prefill(native, [s.slot for s in seqs], windows)
         else:
-            logits, prefilled = self._prefill(window)
-            self.cache.store(seq.slot, prefilled, len(window))
-        seq.length = len(window)
-        seq.advance(sample_rows([seq], logits)[0])
-        self._check_full(seq)
+            parts = []
+            for seq, window in zip(seqs, windows, strict=True):
+                part, prefilled = self._prefill(window)
+                self.cache.store(seq.slot, prefilled, len(window))
+                parts.append(part)
+            logits = torch.cat(parts)
+        for seq, window in zip(seqs, windows, strict=True):
+            seq.length = len(window)
+        for seq, token in zip(seqs, sample_rows(seqs, logits), strict=True):
+            seq.advance(token)
+            self._check_full(seq)
 
     def _step(self) -> None:
         """One forward pass: every active sequence that has room advances by one token."""
@@ -372,15 +419,14 @@ class BatchEngine:
         seqs = [s for _, s in sorted(self.active.items()) if id(s) not in waiting_refill]
         if not seqs:
             return
-        device = self.cache.k.device
-        lone = self._native(seqs[0].slot) if len(seqs) == 1 else None
-        if lone is not None:  # one sequence: the native step, as `gpt generate` decodes
-            lone.cache.pos = seqs[0].length
-            logits = lone(torch.tensor([[seqs[0].last]]))
+        native = self._rows_step()
+        if native is not None:  # the native step, as `gpt generate` decodes: same numbers
+            slots, lengths = [s.slot for s in seqs], [s.length for s in seqs]
+            logits = native(slots, lengths, [[s.last] for s in seqs])
             self.native_steps += 1
         else:
             self.cache.select([s.slot for s in seqs], [s.length for s in seqs])
-            tokens = torch.tensor([[s.last] for s in seqs], device=device)
+            tokens = torch.tensor([[s.last] for s in seqs], device=self.cache.k.device)
             logits, _ = self.model(tokens, cache=self.cache, last_only=True)
             logits = logits[:, -1].float()
         self.steps += 1

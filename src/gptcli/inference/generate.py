@@ -18,6 +18,7 @@ import torch
 
 from gptcli.errors import GptError
 from gptcli.inference.sequence import Sequence, sample_rows
+from gptcli.kernels.rows import NativeRows
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.model import GPT, KVCache
 from gptcli.sample import SamplingSettings
@@ -156,9 +157,16 @@ def decode(
 
     # (found, and on first use built, before the clock starts: the build is not the prefill's)
     native = NativeDecodeStep.for_model(model, cache) if not static else None
+    together = NativeRows.for_model(model, cache) if samples > 1 and not static else None
     start = time.perf_counter()
     prompt_ids = torch.tensor([window], device=device)
-    logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
+    if together is not None:  # the prompt into row 0, copied into the others
+        logits = together([0], [0], [window])
+        cache.k[:, 1:, :, : len(window)] = cache.k[:, :1, :, : len(window)]
+        cache.v[:, 1:, :, : len(window)] = cache.v[:, :1, :, : len(window)]
+        cache.pos = len(window)
+    else:
+        logits = native(prompt_ids) if native else last_logits(model, prompt_ids, cache)
     logits = logits.expand(samples, -1)  # (samples, V): one prefill serves every sample
     step: StaticDecodeStep | NativeDecodeStep | None = native
     if static:
@@ -191,7 +199,9 @@ def decode(
         if all(seq.finished for seq in seqs):
             break
         tick = time.perf_counter()
-        if cache.pos >= context and not slides:  # full: prefill the newest half again
+        if together is not None:  # the samples still going, in one native pass
+            logits = native_rows_step(together, cache, context, slides, seqs, logits)
+        elif cache.pos >= context and not slides:  # full: prefill the newest half again
             cache.reset()
             keep = max(1, context // 2)
             live = next(s.history for s in seqs if not s.finished)
@@ -202,6 +212,33 @@ def decode(
             next_ids = torch.tensor(fed, device=device).view(samples, 1)
             logits = step(next_ids) if step is not None else last_logits(model, next_ids, cache)
         busy += time.perf_counter() - tick
+
+
+def native_rows_step(
+    rows: NativeRows,
+    cache: KVCache,
+    context: int,
+    slides: bool,
+    seqs: list[Sequence],
+    logits: torch.Tensor,
+) -> torch.Tensor:
+    """`decode`'s next step through the native step on the cache's rows: each sequence not
+    yet ended feeds its newest token (or, full without a ring to slide, its newest
+    half-context again from position 0). -> logits (samples, V); an ended sequence's row
+    keeps its old ones."""
+    live = [r for r, seq in enumerate(seqs) if not seq.finished]
+    if cache.pos >= context and not slides:
+        keep = max(1, context // 2)
+        fresh = rows(live, [0] * len(live), [seqs[r].history[-keep:] for r in live])
+        cache.pos = keep
+    else:
+        fresh = rows(live, [cache.pos] * len(live), [[seqs[r].last] for r in live])
+        cache.pos += 1
+    if len(live) == logits.size(0):
+        return fresh
+    logits = logits.clone()  # (an expanded prefill's rows share their memory)
+    logits[live] = fresh
+    return logits
 
 
 def generate_batch(

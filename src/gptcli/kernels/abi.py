@@ -62,9 +62,21 @@ class Model(ctypes.Structure):
     ]
 
 
+class Rows(ctypes.Structure):
+    """Which cache rows a pass of gptcli_forward_rows feeds, and where each one stands."""
+
+    _fields_ = [
+        ("n", ctypes.c_int64),
+        ("row", P),
+        ("pos", P),
+        ("count", P),
+        ("row_stride", ctypes.c_int64),
+    ]
+
+
 # Every struct an entry point takes, in the order gptcli_abi reports their sizes
-# (gptcli_forward: Model, which holds Layer and Matrix).
-STRUCTS: list[type[ctypes.Structure]] = [Matrix, Layer, Model]
+# (gptcli_forward: Model, which holds Layer and Matrix; gptcli_forward_rows: Model and Rows).
+STRUCTS: list[type[ctypes.Structure]] = [Matrix, Layer, Model, Rows]
 
 
 class AbiMismatch(Exception):

@@ -1,5 +1,8 @@
-/* A gptcli GPT's forward pass on the CPU for one sequence: a chunk of tokens (a prompt's
-   prefill) or a single one (a decode step) in, the next token's logits out.
+/* A gptcli GPT's forward pass on the CPU for one sequence or several: for each, a chunk of
+   tokens (a prompt's prefill) or a single one (a decode step) in, the next token's logits out.
+   Several sequences share one pass, so each weight is read once for all their tokens; a
+   token's numbers do not depend on which others share its pass (every product it takes sums
+   in the same order whether it runs alone, with three others in a block, or anywhere else).
 
    The whole pass (embedding, every block, the final norm and the head) runs inside one
    OpenMP parallel region, so a step pays one thread wake-up instead of one per operation,
@@ -14,9 +17,10 @@
    float32 scale per output row. The other parameters (embeddings, norms, biases) are float32
    or bfloat16. Activations are float32 throughout; the bfloat16 product rounds its input
    vector to bfloat16 (as torch's bfloat16 path does) to use the CPU's bfloat16 dot product.
-   The KV cache is one row of a torch float32 cache, (layers, rows, heads, max_len,
-   head_size): k_cache and v_cache point at the row in layer 0, and layer_stride is the
-   distance between layers, in floats (rows * heads * max_len * head_size).
+   The KV cache is a torch float32 cache, (layers, rows, heads, max_len, head_size): k_cache
+   and v_cache point at a row in layer 0 (gptcli_forward's one row, or row 0 for
+   gptcli_forward_rows), and layer_stride is the distance between layers, in floats (rows *
+   heads * max_len * head_size).
 
    Built at run time by gptcli.kernels with the machine's compiler (-O3 -march=native). */
 
@@ -60,6 +64,22 @@ typedef struct {
     int64_t layer_stride;       /* floats from one layer's cache to the next */
 } Model;
 
+/* Several sequences in one pass: row b of the batch feeds count[b] tokens after the pos[b]
+   its cache row row[b] already holds (a prefill chunk, or one token of a decode step), so a
+   weight is read from memory once for every token of every row. The cache is the whole torch
+   cache: Model.k_cache and v_cache point at row 0, and row_stride is the distance between rows
+   in floats (heads * max_len * head_size). Rows must be distinct. A row's tokens are stored at
+   slots (pos + t) % max_len and token t attends to the first min(pos + t + 1, max_len) of
+   them (so a chunk of several tokens must not wrap around the ring). Each token's numbers
+   are the same whichever rows share its pass. */
+typedef struct {
+    int64_t n;             /* rows in the batch */
+    const int64_t *row;    /* (n,) the cache row of each */
+    const int64_t *pos;    /* (n,) tokens its cache row holds before this pass */
+    const int64_t *count;  /* (n,) its new tokens, at least 1 */
+    int64_t row_stride;    /* floats from one cache row to the next */
+} Rows;
+
 /* The ABI this library speaks, which gptcli.kernels.abi checks before any other call: its
    version, and the size of every struct an entry point takes, in the order of `STRUCTS` in
    abi.py. A new entry point appends its structs to both lists; a change in what an existing
@@ -67,7 +87,7 @@ typedef struct {
    how many structs there are. */
 #define GPTCLI_ABI_VERSION 1
 int gptcli_abi(int32_t *version, int64_t *sizes, int32_t capacity) {
-    const int64_t mine[] = {sizeof(Matrix), sizeof(Layer), sizeof(Model)};
+    const int64_t mine[] = {sizeof(Matrix), sizeof(Layer), sizeof(Model), sizeof(Rows)};
     const int32_t count = (int32_t)(sizeof(mine) / sizeof(mine[0]));
     *version = GPTCLI_ABI_VERSION;
     for (int32_t i = 0; i < count && i < capacity; i++) sizes[i] = mine[i];
@@ -149,7 +169,8 @@ static void gelu(float *y, int64_t n) {
 ROWS(rows_bf16_exact, bf16, from_bf16)
 #ifdef __AVX512F__
 /* float32 and int8 weights, 16 a vector; AVX-512 written out, as the compiler's own
-   vectorization of the loops above ran at a sixth of this speed. Each row's stream is
+   vectorization of the loops above ran at a sixth of this speed. One accumulator a row, in
+   the order block_f32 sums four tokens, so a token gets the same sums either way. Each row's stream is
    prefetched AHEAD bytes ahead: on one core that took int8 from 6.8 to about 10 GB/s. */
 #define AHEAD 4096
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + AHEAD, _MM_HINT_T0)
@@ -162,19 +183,18 @@ static inline __mmask16 tail(int64_t left) {
         for (; r + 4 <= count; r += 4) {                                                    \
             const W *w0 = w + r * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;              \
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;                     \
-            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;                                      \
             int64_t i = 0;                                                                  \
             for (; i + 32 <= k; i += 32) {                                                  \
                 PREFETCH(w0 + i), PREFETCH(w1 + i), PREFETCH(w2 + i), PREFETCH(w3 + i);     \
                 __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);       \
                 a0 = _mm512_fmadd_ps(LOAD(0xffff, w0 + i), x0, a0);                         \
-                b0 = _mm512_fmadd_ps(LOAD(0xffff, w0 + i + 16), x1, b0);                    \
                 a1 = _mm512_fmadd_ps(LOAD(0xffff, w1 + i), x0, a1);                         \
-                b1 = _mm512_fmadd_ps(LOAD(0xffff, w1 + i + 16), x1, b1);                    \
                 a2 = _mm512_fmadd_ps(LOAD(0xffff, w2 + i), x0, a2);                         \
-                b2 = _mm512_fmadd_ps(LOAD(0xffff, w2 + i + 16), x1, b2);                    \
                 a3 = _mm512_fmadd_ps(LOAD(0xffff, w3 + i), x0, a3);                         \
-                b3 = _mm512_fmadd_ps(LOAD(0xffff, w3 + i + 16), x1, b3);                    \
+                a0 = _mm512_fmadd_ps(LOAD(0xffff, w0 + i + 16), x1, a0);                    \
+                a1 = _mm512_fmadd_ps(LOAD(0xffff, w1 + i + 16), x1, a1);                    \
+                a2 = _mm512_fmadd_ps(LOAD(0xffff, w2 + i + 16), x1, a2);                    \
+                a3 = _mm512_fmadd_ps(LOAD(0xffff, w3 + i + 16), x1, a3);                    \
             }                                                                               \
             for (; i < k; i += 16) {                                                        \
                 __mmask16 m = tail(k - i);                                                  \
@@ -184,10 +204,8 @@ static inline __mmask16 tail(int64_t left) {
                 a2 = _mm512_fmadd_ps(LOAD(m, w2 + i), xv, a2);                              \
                 a3 = _mm512_fmadd_ps(LOAD(m, w3 + i), xv, a3);                              \
             }                                                                               \
-            out[r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0));                           \
-            out[r + 1] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1));                       \
-            out[r + 2] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2));                       \
-            out[r + 3] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3));                       \
+            out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);       \
+            out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);   \
         }                                                                                   \
         for (; r < count; r++) {                                                            \
             __m512 a = _mm512_setzero_ps();                                                 \
@@ -328,7 +346,10 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
     (void)xb;
     share(team, (rows + 3) / 4, &lo, &hi);
     /* several tokens: int8 rows are widened to float32 once, not once a token */
-    float *wide = m->wtype == I8 && tokens > 1 ? malloc(sizeof(float) * 4 * cols) : NULL;
+    float *wide = NULL;
+#ifdef __AVX512F__ /* (where rows_f32 and rows_i8 sum in the same order: the same numbers) */
+    if (m->wtype == I8 && tokens > 1) wide = malloc(sizeof(float) * 4 * cols);
+#endif
     for (int64_t g = lo; g < hi; g++) {
         int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
         if (wide)
@@ -423,21 +444,32 @@ static void norm_rows(Team *team, const Model *m, const float *x, const void *ga
     wait_all(team);
 }
 
-/* `tokens` tokens at positions pos, pos + 1, ...: their keys and values are stored at cache
-   slots (pos + t) % max_len, and token t attends to the first min(pos + t + 1, max_len)
-   slots (so several tokens must not wrap around the ring). rope_cos/rope_sin: (tokens,
-   head_size / 2) at those positions (modern), else NULL. logits: (vocab,) float32, of the
-   last token. Returns 0, or -1 when out of memory. */
-int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t pos,
-                   const float *rope_cos, const float *rope_sin, float *logits, int threads) {
+/* Several sequences in one pass (see Rows). ids: the rows' tokens one after the other (sum of count); rope_cos/rope_sin: (tokens,
+   head_size / 2) at each token's position (modern), else NULL. logits: (n, vocab) float32,
+   of each row's last token. Returns 0, or -1 when out of memory. */
+int gptcli_forward_rows(const Model *m, const Rows *rows, const int64_t *ids,
+                        const float *rope_cos, const float *rope_sin, float *logits,
+                        int threads) {
     const int64_t C = m->n_embd, H = m->n_head, D = m->head_size, F = 4 * m->n_embd;
-    const int64_t L = m->max_len, T = tokens;
+    const int64_t L = m->max_len, B = rows->n;
+    int64_t T = 0;
+    for (int64_t b = 0; b < B; b++) T += rows->count[b];
     if (threads < 1) threads = 1;
     float *buf = malloc(sizeof(float) * (T * (C + C + 3 * C + C + F) + threads * L));
     bf16 *xb = malloc(sizeof(bf16) * T * F);
-    if (!buf || !xb) {
-        free(buf), free(xb);
+    int64_t *at = malloc(sizeof(int64_t) * (2 * T + B)); /* each token's position, its row's
+                                                            cache offset; each row's last */
+    if (!buf || !xb || !at) {
+        free(buf), free(xb), free(at);
         return -1;
+    }
+    int64_t *where = at + T, *last = where + T;
+    for (int64_t b = 0, t = 0; b < B; b++) {
+        for (int64_t u = 0; u < rows->count[b]; u++, t++) {
+            at[t] = rows->pos[b] + u;
+            where[t] = rows->row[b] * rows->row_stride;
+        }
+        last[b] = t - 1;
     }
     float *x = buf, *h = x + T * C, *qkv = h + T * C, *att = qkv + T * 3 * C;
     float *f = att + T * C, *scores = f + T * F;
@@ -455,7 +487,7 @@ int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t p
             float *xt = x + t * C;
             for (int64_t i = 0; i < C; i++) {
                 xt[i] = param(m->wte, ids[t] * C + i, m->ptype);
-                if (m->family == GPT2) xt[i] += param(m->wpe, (pos + t) * C + i, m->ptype);
+                if (m->family == GPT2) xt[i] += param(m->wpe, at[t] * C + i, m->ptype);
             }
             if (m->embed_norm) norm(m, xt, NULL, NULL, C, xt, NULL);
         }
@@ -467,7 +499,7 @@ int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t p
             matvec(&team, m, &ly->attn, 3 * C, C, T, h, xb, qkv, PLAIN);
             share(&team, T * H, &lo, &hi);
             for (int64_t job = lo; job < hi; job++) { /* a token's key and value in a head */
-                int64_t t = job / H, hd = job % H, slot = (pos + t) % L;
+                int64_t t = job / H, hd = job % H, slot = at[t] % L;
                 float *q = qkv + t * 3 * C + hd * D, *k = q + C, *v = q + 2 * C;
                 if (m->family == MODERN) {
                     const float *cs = rope_cos + t * (D / 2), *sn = rope_sin + t * (D / 2);
@@ -480,15 +512,15 @@ int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t p
                         k[i] = k1 * c - k2 * s, k[i + D / 2] = k1 * s + k2 * c;
                     }
                 }
-                memcpy(kc + (hd * L + slot) * D, k, sizeof(float) * D);
-                memcpy(vc + (hd * L + slot) * D, v, sizeof(float) * D);
+                memcpy(kc + where[t] + (hd * L + slot) * D, k, sizeof(float) * D);
+                memcpy(vc + where[t] + (hd * L + slot) * D, v, sizeof(float) * D);
             }
             wait_all(&team);
             for (int64_t job = lo; job < hi; job++) { /* a token's attention in a head */
                 int64_t t = job / H, hd = job % H;
-                int64_t keys = pos + t + 1 < L ? pos + t + 1 : L;
+                int64_t keys = at[t] + 1 < L ? at[t] + 1 : L;
                 const float *q = qkv + t * 3 * C + hd * D;
-                const float *kh = kc + hd * L * D, *vh = vc + hd * L * D;
+                const float *kh = kc + where[t] + hd * L * D, *vh = vc + where[t] + hd * L * D;
                 float *sc = scores + team.t * L, top = -INFINITY, sum = 0;
                 for (int64_t j = 0; j < keys; j++) {
                     float s = 0;
@@ -523,12 +555,24 @@ int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t p
                 norm_rows(&team, m, x, m->layers[l + 1].ln1_w, m->layers[l + 1].ln1_b, T, h,
                           xb);
         }
-        if (team.t == 0) /* only the last token's logits */
-            norm(m, x + (T - 1) * C, m->ln_f_w, m->ln_f_b, C, h, xb);
+        share(&team, B, &lo, &hi); /* only each row's last token goes on to the head */
+        for (int64_t b = lo; b < hi; b++)
+            norm(m, x + last[b] * C, m->ln_f_w, m->ln_f_b, C, h + b * C, xb + b * C);
         wait_all(&team);
-        matvec(&team, m, &m->head, m->vocab, C, 1, h, xb, logits, PLAIN);
+        matvec(&team, m, &m->head, m->vocab, C, B, h, xb, logits, PLAIN);
     }
     free(buf);
     free(xb);
+    free(at);
     return 0;
+}
+
+/* One sequence: `tokens` tokens at positions pos, pos + 1, ... of the cache row that
+   Model.k_cache and v_cache point at (see gptcli_forward_rows); logits: (vocab,) of the last
+   token. */
+int gptcli_forward(const Model *m, const int64_t *ids, int64_t tokens, int64_t pos,
+                   const float *rope_cos, const float *rope_sin, float *logits, int threads) {
+    const int64_t row = 0;
+    const Rows one = {1, &row, &pos, &tokens, 0};
+    return gptcli_forward_rows(m, &one, ids, rope_cos, rope_sin, logits, threads);
 }
