@@ -69,6 +69,22 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespear
 GREEDY = SamplingSettings(temperature=0)
 
 
+def machine() -> str:
+    """The CPU's model and vendor (from /proc/cpuinfo where there is one) and its count."""
+    from gptcli.hardware import cpu_flags
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    vendor = cpu_flags()[0] or "vendor unknown"
+    return f"{name} ({vendor}), {os.cpu_count()} CPUs"
+
+
 def write_random_gpt2(directory: Path, seed: int) -> None:
     """A random 124M GPT-2 saved by transformers, with a byte-level tokenizer our loader reads."""
     import transformers
@@ -301,7 +317,7 @@ def main() -> None:
                 write_gguf(directory, path, dtype)
                 pairs[side.name] = LlamaBench(llama, path, dtype, threads, llama_env)
         print(
-            f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+            f"{machine()}, torch "
             f"{torch.__version__}, {threads} threads, OMP_WAIT_POLICY="
             f"{os.environ.get('OMP_WAIT_POLICY')} (llama.cpp: "
             f"{llama_env.get('OMP_WAIT_POLICY', 'unset')}); native step: "

@@ -135,7 +135,9 @@ class NativeRows:
         takes them: from the model's tables inside the context, `rotary_at` past it."""
         model, config = self.model, self.model.config
         if all(p + c <= config.block_size for p, c in zip(positions, counts, strict=True)):
-            at = torch.cat([torch.arange(p, p + c) for p, c in zip(positions, counts, strict=True)])
+            at = torch.tensor(
+                [p + i for p, c in zip(positions, counts, strict=True) for i in range(c)]
+            )
             return model.rope_cos.index_select(0, at), model.rope_sin.index_select(0, at)
         parts = []
         for p, c in zip(positions, counts, strict=True):
