@@ -170,11 +170,12 @@ class LlamaBench:
         self, binary: str, gguf_path: Path, dtype: str, threads: int, env: dict[str, str]
     ) -> None:
         self.binary, self.path, self.threads, self.env = binary, gguf_path, threads, env
+        self.extra: list[str] = []  # --llama-args
         self.name = f"llama.cpp {LLAMA_TYPES[dtype]}"
 
     def measure(self, prompt: int, new: int) -> tuple[float, float]:
         command = [self.binary, "-m", str(self.path), "-p", str(prompt), "-n", str(new)]
-        command += ["-t", str(self.threads), "-r", "1", "-o", "json"]
+        command += ["-t", str(self.threads), "-r", "1", "-o", "json", *self.extra]
         done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=self.env)
         if done.returncode:
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
@@ -276,6 +277,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--llama-bench", help="llama-bench binary (default: on PATH)")
     parser.add_argument("--no-transformers", action="store_true", help="skip that side")
+    parser.add_argument(
+        "--llama-args", default="",
+        help="more llama-bench flags, e.g. '--repack 0' where a -DGGML_NATIVE=ON build uses AMX "
+        "that the CPU lists but its hypervisor does not enable (illegal instruction)",
+    )  # fmt: skip
     parser.add_argument("--dtypes", default="float32,bfloat16,int8", help="our side's dtypes")
     parser.add_argument("--eval-model", help="also compare eval loss in each dtype")
     parser.add_argument("--eval-text", type=Path, default=DATA)
@@ -316,6 +322,7 @@ def main() -> None:
                 path = Path(tmp) / f"gpt2-{LLAMA_TYPES[dtype]}.gguf"
                 write_gguf(directory, path, dtype)
                 pairs[side.name] = LlamaBench(llama, path, dtype, threads, llama_env)
+                pairs[side.name].extra = args.llama_args.split()
         print(
             f"{machine()}, torch "
             f"{torch.__version__}, {threads} threads, OMP_WAIT_POLICY="

@@ -90,12 +90,13 @@ def free_port() -> int:
 
 
 def start_llama_server(
-    binary: str, gguf: Path, parallel: int, threads: int, per_slot: int
+    binary: str, gguf: Path, parallel: int, threads: int, per_slot: int, extra: list[str]
 ) -> tuple[subprocess.Popen, str]:
     """llama-server on a free loopback port, `parallel` slots of `per_slot` tokens each."""
     port = free_port()
     command = [binary, "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--parallel", str(parallel), "-t", str(threads), "-c", str(parallel * per_slot)]
+    command += extra
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -201,6 +202,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--llama-server", help="llama-server binary (default: on PATH)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="llama-server -t")
+    parser.add_argument("--llama-args", default="", help="more llama-server flags")
     args = parser.parse_args()
 
     import torch
@@ -232,7 +234,7 @@ def main() -> None:
                 write_gguf(model_dir, gguf, dtype)
                 per_slot = 32 + args.tokens + 32
                 proc, url = start_llama_server(
-                    binary, gguf, max(args.levels), args.threads, per_slot
+                    binary, gguf, max(args.levels), args.threads, per_slot, args.llama_args.split()
                 )
                 name = f"llama-server {LLAMA_TYPES[dtype]}"
                 targets.append(Target(name, proc, url, stream_llama))
