@@ -232,7 +232,7 @@ def main() -> None:
                     raise SystemExit("no llama-server: give --llama-server PATH")
                 gguf = Path(tmp) / f"gpt2-{LLAMA_TYPES[dtype]}.gguf"
                 write_gguf(model_dir, gguf, dtype)
-                per_slot = 32 + args.tokens + 32
+                per_slot = max(256, 32 + args.tokens + 32)  # llama-server wants 256 or more
                 proc, url = start_llama_server(
                     binary, gguf, max(args.levels), args.threads, per_slot, args.llama_args.split()
                 )
