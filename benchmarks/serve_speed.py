@@ -266,7 +266,7 @@ def main() -> None:
             ratios = [r["tok_s"] / t["tok_s"] for r, t in zip(runs, theirs[0], strict=True)]
             versus = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
         print(f"{name:<22}{level:>8}{tok_s:>17.2f}{speedup:>8.2f}x{ttft:>8.2f}{seconds:>9.1f}"
-              f"{versus:>16}")  # fmt: skip
+              f" {versus:>15}")  # fmt: skip
     print(f"# load average after: {load()}")
 
 
