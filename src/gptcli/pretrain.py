@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +19,7 @@ import torch.distributed as torch_dist
 from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Texts, build_corpus, read_corpus
+from gptcli.datasources.base import ReadOptions
 from gptcli.errors import GptError
 from gptcli.model import GPT
 from gptcli.monitor import prompt_from
@@ -88,6 +89,8 @@ class TrainRequest:
     inputs: list[str]
     name: str
     cfg: TrainConfig
+    val: list[str] = field(default_factory=list)  # validation inputs (--val), else a fraction
+    read: ReadOptions = field(default_factory=ReadOptions)  # --text-field, --skip-bad-lines
     preset: str = "auto"
     family: str | None = None  # None: the preset's (modern for new models)
     tokenizer: str | None = None  # None or "bpe": train BPE; "char"; or a stored name / path
@@ -121,7 +124,9 @@ class TrainRequest:
         """Tokenizer -> corpus -> model and batches. With `resume`, the stored model's weights
         and settings continue (the optimizer and RNG states are the run's to restore)."""
         request = self  # replaced below by a copy with the chosen context
-        texts = read_corpus(request.inputs)
+        texts = read_corpus(request.inputs, request.read, request.val)
+        for warning in texts.warnings:
+            log(warning)
         info: dict[str, Any] = {}
         if request.resume:
             loaded = load_model(store.model_dir(request.name), device)

@@ -22,6 +22,10 @@ from gptcli.cli.trainflags import (
     JsonOut,
     Quiet,
     Resume,
+    SkipBadLines,
+    TextField,
+    Val,
+    read_options,
     train_config,
     train_settings,
     training_flags,
@@ -32,7 +36,9 @@ from gptcli.errors import GptError
 if TYPE_CHECKING:
     pass
 
-HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
+HELP = """Train a GPT from scratch on text: .txt, JSONL (.jsonl, .json: the "text" field of each
+line), Parquet (the "text" column), each compressed or not (.gz, .zst, .bz2, .xz); a directory
+means every such file under it. Each line or row is a document, as is each text file.
 
 Every flag can also come from a TOML file (--config run.toml; keys are the flag names with
 underscores); flags on the command line override it. --print-config shows the result.
@@ -109,6 +115,9 @@ def train(
     ] = None,
     block_size: BlockSize = None,
     dropout: Dropout = None,
+    val: Val = None,
+    text_field: TextField = None,
+    skip_bad_lines: SkipBadLines = False,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -132,7 +141,9 @@ def train(
     cfg = train_config(flags)
     name = check_name(name) if name is not None else (default_name(inputs) if inputs else None)
     settings = resolved_config(
-        ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs), "name": name}
+        ctx,
+        train_settings(cfg)
+        | {"inputs": absolute_inputs(inputs), "val": absolute_inputs(val), "name": name},
     )
     chosen = chosen_with_the_shape(preset, flags)
     settings = {k: v for k, v in settings.items() if k not in chosen}
@@ -151,6 +162,8 @@ def train(
         inputs=inputs,
         name=name,
         cfg=cfg,
+        val=val or [],
+        read=read_options(text_field, skip_bad_lines),
         preset=preset,
         family=family,
         tokenizer=tokenizer,
