@@ -125,9 +125,14 @@ def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarra
         raise GptError(
             f"the validation text of {loaded.name} is gone ({missing[0]}): pass --data FILE"
         )
-    corpus = build_corpus(
-        read_corpus(files), loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir
+    from gptcli.datasources.base import ReadOptions
+
+    texts = read_corpus(
+        [f["path"] for f in data.get("files", []) if not f.get("val")],
+        ReadOptions(text_field=data.get("text_field", "text")),
+        [f["path"] for f in data.get("files", []) if f.get("val")],
     )
+    corpus = build_corpus(texts, loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir)
     if corpus.key != key:
         raise GptError(
             f"the training files of {loaded.name} have changed since it was trained: "

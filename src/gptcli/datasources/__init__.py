@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptcli.datasources.base import Reader, ReadOptions
-from gptcli.datasources.streams import SUFFIXES, compression, inner_suffix
+from gptcli.datasources.streams import compression, inner_suffix
 from gptcli.errors import GptError
 
 RECORD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json"}
@@ -64,10 +64,9 @@ def find_files(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if is_data_file(p))
             if not found:
-                kinds = ", ".join(sorted(DATA_SUFFIXES))
                 raise GptError(
-                    f"{path}: no training data in this directory ({kinds}; "
-                    f"{', '.join(sorted(SUFFIXES))} compressed)"
+                    f"{path}: no training data in this directory (.txt, .jsonl, .json, "
+                    ".parquet, compressed or not)"
                 )
             files.extend(found)
         elif path.is_file():

@@ -45,7 +45,7 @@ def token_batches(
 
 def prepare(inputs: TaskInputs) -> TaskData:
     cfg = inputs.cfg
-    texts = read_corpus([str(f) for f in inputs.files])
+    texts = read_corpus([str(f) for f in inputs.files], inputs.read, inputs.val)
     corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
     if len(corpus.train.tokens) < 2:
         raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")

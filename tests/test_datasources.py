@@ -1,0 +1,290 @@
+"""Training data in the shapes people have: JSONL, JSON arrays, Parquet, compressed files,
+directories of them, an explicit validation set.
+
+The same documents in any format give exactly the tokens of a directory of .txt files holding
+one document each (sorted the same way); bad input is one line naming the file and line (or
+row), exit 1, and nothing written.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import json
+import lzma
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run, snapshot
+
+from gptcli.data import build_corpus, read_corpus
+from gptcli.datasources.base import ReadOptions
+from gptcli.tokenizer import EOT, Tokenizer
+
+DOCUMENTS = [
+    "Once upon a time there was a cat.\nIt sat on the mat.",
+    "",  # an empty document: no text, no end-of-text of its own (as an empty file)
+    "The dog ran fast. Ünïcödé and 漢字 too.",
+    "Another story here\n\nwith blank lines\n",
+    "The end.",
+] * 6
+CHARS = "".join(sorted(set("".join(DOCUMENTS))))
+
+
+def zstd(data: bytes) -> bytes:
+    zstandard = pytest.importorskip("zstandard")
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def jsonl(documents: list[str], field: str = "text") -> bytes:
+    return "".join(json.dumps({"id": i, field: d}) + "\n" for i, d in enumerate(documents)).encode()
+
+
+def write_parquet(path: Path, documents: list[str], field: str = "text") -> Path:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"id": list(range(len(documents))), field: documents})
+    pq.write_table(table, path, row_group_size=7)  # several row groups
+    return path
+
+
+def txt_dir(folder: Path, documents: list[str]) -> Path:
+    folder.mkdir()
+    for i, text in enumerate(documents):
+        (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def tokens(inputs: list[Path], cache: Path, val: list[Path] | None = None, **options: str) -> list:
+    tokenizer = Tokenizer.train_char([CHARS])
+    texts = read_corpus(
+        [str(p) for p in inputs], ReadOptions(**options), [str(p) for p in val or []]
+    )
+    corpus = build_corpus(texts, tokenizer, 0.1, cache)
+    return [corpus.train.tokens.tolist(), corpus.val.tokens.tolist()]
+
+
+MAKERS = {
+    "a.jsonl": lambda p: p.write_bytes(jsonl(DOCUMENTS)),
+    "a.ndjson": lambda p: p.write_bytes(jsonl(DOCUMENTS)),
+    "a.json": lambda p: p.write_text(json.dumps([{"text": d} for d in DOCUMENTS])),
+    "a.jsonl.gz": lambda p: p.write_bytes(gzip.compress(jsonl(DOCUMENTS))),
+    "a.jsonl.bz2": lambda p: p.write_bytes(bz2.compress(jsonl(DOCUMENTS))),
+    "a.jsonl.xz": lambda p: p.write_bytes(lzma.compress(jsonl(DOCUMENTS))),
+    "a.jsonl.zst": lambda p: p.write_bytes(zstd(jsonl(DOCUMENTS))),
+    "a.parquet": lambda p: write_parquet(p, DOCUMENTS),
+}
+
+
+@pytest.mark.parametrize("name", list(MAKERS))
+def test_each_format_gives_the_tokens_of_a_directory_of_text_files(
+    tmp_path: Path, name: str
+) -> None:
+    val = tmp_path / "val.txt"
+    val.write_text("A held-out story about a cat.")
+    path = tmp_path / name
+    MAKERS[name](path)
+    expected = tokens([txt_dir(tmp_path / "txt", DOCUMENTS)], tmp_path / "c1", [val])
+    assert tokens([path], tmp_path / "c2", [val]) == expected
+    tokenizer = Tokenizer.train_char([CHARS])
+    train = expected[0]
+    assert train.count(tokenizer.eot_id) == sum(1 for d in DOCUMENTS if d) - 1
+    assert tokenizer.decode(train) == EOT.join(d for d in DOCUMENTS if d)
+
+
+def test_compressed_text_and_mixed_directories(tmp_path: Path) -> None:
+    """A directory means every supported file under it, sorted, compressed or not; other
+    files are left out. A compressed .txt is one document, as the plain one."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "1.txt.gz").write_bytes(gzip.compress(DOCUMENTS[0].encode()))
+    (mixed / "2.jsonl.zst").write_bytes(zstd(jsonl(DOCUMENTS[1:4])))
+    (mixed / "3.txt").write_text(DOCUMENTS[4])
+    (mixed / "notes.md").write_text("not training data")
+    texts = read_corpus([str(mixed)])
+    assert [f.path.name for f in texts.files] == ["1.txt.gz", "2.jsonl.zst", "3.txt"]
+    assert texts.documents == 5
+    val = tmp_path / "val.txt"
+    val.write_text("held out")
+    expected = tokens([txt_dir(tmp_path / "txt", DOCUMENTS[:5])], tmp_path / "c1", [val])
+    assert tokens([mixed], tmp_path / "c2", [val]) == expected
+
+
+def test_plain_text_keeps_its_cache_key(tmp_path: Path) -> None:
+    """The key of a .txt corpus is what it always was: existing token caches stay valid."""
+    path = tmp_path / "a.txt"
+    path.write_text("some text\n" * 100)
+    tokenizer = Tokenizer.train_char(["some text\n"])
+    corpus = build_corpus(read_corpus([str(path)]), tokenizer, 0.1, tmp_path / "cache")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    old = json.dumps([2, tokenizer.digest, 0.1, [sha]])
+    assert corpus.key == hashlib.sha256(old.encode()).hexdigest()[:32]
+    assert corpus.describe()["files"] == [
+        {"path": str(path.resolve()), "bytes": 1000, "sha256": sha}
+    ]
+
+
+def test_the_split_falls_between_documents(tmp_path: Path) -> None:
+    """Without --val, the last tenth of the bytes, at the nearest document boundary."""
+    documents = [f"document number {i:02d} " * 3 for i in range(20)]  # 57 bytes each
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(documents))
+    tokenizer = Tokenizer.train_char(["".join(documents)])
+    corpus = build_corpus(read_corpus([str(path)]), tokenizer, 0.1, tmp_path / "cache")
+    assert tokenizer.decode(corpus.train.tokens.tolist()) == EOT.join(documents[:18])
+    assert tokenizer.decode(corpus.val.tokens.tolist()) == EOT.join(documents[18:])
+    assert (corpus.train.n_bytes, corpus.val.n_bytes) == (18 * 57, 2 * 57)
+
+
+def test_text_field_picks_another_field(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(DOCUMENTS[:5], field="content"))
+    parquet = write_parquet(tmp_path / "a.parquet", DOCUMENTS[:5], field="content")
+    val = tmp_path / "val.txt"
+    val.write_text("held out")
+    expected = tokens([txt_dir(tmp_path / "txt", DOCUMENTS[:5])], tmp_path / "c1", [val])
+    assert tokens([path], tmp_path / "c2", [val], text_field="content") == expected
+    assert tokens([parquet], tmp_path / "c3", [val], text_field="content") == expected
+
+
+def test_train_on_jsonl_zst_and_parquet_like_text(home: Path, tmp_path: Path) -> None:
+    """`gpt train` on JSONL.zst and on Parquet, same --val and tokenizer: the same tokens as
+    the directory of .txt files, so the same model."""
+    val = tmp_path / "val.txt"
+    val.write_text(" ".join(DOCUMENTS[:3]))
+    stories = txt_dir(tmp_path / "txt", DOCUMENTS)
+    (tmp_path / "a.jsonl.zst").write_bytes(zstd(jsonl(DOCUMENTS)))
+    write_parquet(tmp_path / "a.parquet", DOCUMENTS)
+    run("tokenize", "train", str(stories), "--char", "--name", "chars", "--quiet")
+    losses = []
+    for name, data in (
+        ("txt", stories),
+        ("zst", tmp_path / "a.jsonl.zst"),
+        ("pq", tmp_path / "a.parquet"),
+    ):
+        result = run(
+            "train",
+            str(data),
+            "-t",
+            "chars",
+            "--val",
+            str(val),
+            "--name",
+            name,
+            "--max-steps",
+            "3",
+            "--json",
+            *TINY,
+        )
+        losses.append(json.loads(result.stdout)["val_loss"])
+        info = json.loads((home / "models" / name / "train.json").read_text())
+        assert info["data"]["train_tokens"] == len("".join(DOCUMENTS)) + 23  # 24 documents
+    assert losses[0] == losses[1] == losses[2]
+    described = info["data"]["files"]
+    assert described[0]["format"] == "parquet" and described[0]["documents"] == len(DOCUMENTS)
+    assert described[-1]["val"] is True
+
+
+def test_finetune_task_text_reads_jsonl(base_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "more.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl(["the cat sat on the mat. " * 20] * 10)))
+    run("finetune", "tiny", str(path), "--task", "text", "--name", "ft", "--max-steps", "2", "-q")
+    info = json.loads((base_home / "models/ft/train.json").read_text())
+    assert info["data"]["files"][0]["documents"] == 10
+
+
+def test_a_text_file_of_json_lines_is_text_with_a_warning(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "records.txt"
+    path.write_bytes(jsonl(DOCUMENTS))
+    result = run("train", str(path), "--tokenizer", "char", "--max-steps", "1", "--preset", "tiny")
+    said = " ".join(result.stderr.split())  # as one line, however the terminal wraps it
+    assert f"warning: {path}: its lines are JSON objects" in said and ".jsonl" in said
+
+
+def test_skip_bad_lines_counts_them(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "some-bad.jsonl"
+    good = jsonl(DOCUMENTS[:5]).decode()
+    path.write_text(good + '{"messages": []}\nnot json\n' + good)
+    result = run(
+        "train",
+        str(path),
+        "--skip-bad-lines",
+        "--tokenizer",
+        "char",
+        "--max-steps",
+        "1",
+        "--preset",
+        "tiny",
+    )
+    said = " ".join(result.stderr.split())
+    assert f"skipped 2 bad records of {path}" in said and f"{path}:6" in said
+    info = json.loads((home / "models/some-bad/train.json").read_text())
+    assert info["data"]["files"][0]["skipped"] == 2
+
+
+def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, what its one-line error must say)."""
+    made: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, data: bytes, says: str) -> None:
+        path = folder / name
+        path.write_bytes(data)
+        made[name] = (path, says.format(path=path))
+
+    add(
+        "chat.jsonl",
+        b'{"messages": [{"role": "user", "content": "hi"}], "id": 1}\n',
+        '{path}:1: no "text" field (fields: messages, id)',
+    )
+    add(
+        "number.jsonl",
+        b'{"text": "ok"}\n\n{"text": 3}\n',
+        '{path}:3: "text" is a number, not a string',
+    )
+    add("broken.jsonl", b'{"text": "ok"}\n{"text": "no end\n', "{path}:2: not valid JSON")
+    add("latin1.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"), "{path}:1: not UTF-8")
+    add("list.jsonl", b'["a", "b"]\n', "{path}:1: each record must be a JSON object")
+    add(
+        "cut.jsonl.gz",
+        gzip.compress(jsonl(DOCUMENTS * 20))[:200],
+        "{path}: truncated or corrupt gzip",
+    )
+    add(
+        "cut.jsonl.xz",
+        lzma.compress(jsonl(DOCUMENTS * 20))[:200],
+        "{path}: truncated or corrupt xz",
+    )
+    add("cut.jsonl.zst", zstd(jsonl(DOCUMENTS * 20))[:100], "{path}: truncated zstd data")
+    add("fake.gz", b"plain text, not gzip", "{path}: not gzip data")
+    add("broken.parquet", b"PAR1 not really parquet", "{path}: not a readable Parquet file")
+    pq_path = write_parquet(folder / "columns.parquet", ["a", "b"], field="body")
+    made["columns.parquet"] = (pq_path, f'{pq_path}: no column "text" (columns: id, body)')
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), folder / "ints.parquet")
+    made["ints.parquet"] = (folder / "ints.parquet", 'column "text" holds int64, not text')
+    pq.write_table(pa.table({"text": ["a", None]}), folder / "null.parquet")
+    made["null.parquet"] = (folder / "null.parquet", 'row 2: "text" is null')
+    return made
+
+
+def test_bad_input_is_one_line_naming_the_place_and_writes_nothing(
+    home: Path, tmp_path: Path
+) -> None:
+    chars = tmp_path / "chars.txt"
+    chars.write_text(CHARS)
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")
+    before = snapshot(home)
+    for name, (path, says) in bad_inputs(tmp_path).items():
+        result = run("train", str(path), "-t", "c", "--max-steps", "1", "--preset", "tiny", code=1)
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and says in lines[-1], (name, result.stderr)
+        assert [line for line in lines if line.startswith("error")] == lines[-1:]
+        assert snapshot(home) == before, name
+
+
+def test_a_directory_without_data_names_the_formats(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("x")
+    result = run("train", str(tmp_path), code=1)
+    assert "no training data in this directory" in result.stderr and ".jsonl" in result.stderr
