@@ -15,6 +15,7 @@ import json
 import lzma
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY, run, snapshot
 
@@ -288,3 +289,89 @@ def test_a_directory_without_data_names_the_formats(home: Path, tmp_path: Path) 
     (tmp_path / "notes.md").write_text("x")
     result = run("train", str(tmp_path), code=1)
     assert "no training data in this directory" in result.stderr and ".jsonl" in result.stderr
+
+
+def llmc_shard(path: Path, ids: list[int], version: int = 1) -> Path:
+    """A shard in llm.c's format: 256 int32 of header, then the ids."""
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [20240520, version, len(ids)]
+    dtype = np.uint16 if version == 1 else np.uint32
+    path.write_bytes(header.tobytes() + np.asarray(ids, dtype=dtype).tobytes())
+    return path
+
+
+def test_token_shards_train_on_their_ids(home: Path, tmp_path: Path) -> None:
+    """nanoGPT's train.bin/val.bin and llm.c shards hold the ids of a directory of .txt files:
+    training on them sees exactly those tokens; bits per byte is unavailable."""
+    chars = tmp_path / "chars.txt"
+    chars.write_text(CHARS)
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")
+    val = tmp_path / "val.txt"
+    val.write_text("A held-out story about a cat.")
+    stories = txt_dir(tmp_path / "txt", DOCUMENTS)
+    text_train, text_val = tokens([stories], tmp_path / "c1", [val])
+    nanogpt = tmp_path / "nanogpt"
+    nanogpt.mkdir()
+    np.asarray(text_train, dtype=np.uint16).tofile(nanogpt / "train.bin")
+    np.asarray(text_val, dtype=np.uint16).tofile(nanogpt / "val.bin")
+    llmc = tmp_path / "llmc"
+    llmc.mkdir()
+    half = len(text_train) // 2
+    llmc_shard(llmc / "data_train_000001.bin", text_train[:half])
+    llmc_shard(llmc / "data_train_000002.bin", text_train[half:], version=2)
+    llmc_shard(llmc / "data_val_000000.bin", text_val)
+    losses = {}
+    for name, data, val_args in (
+        ("text", stories, ["--val", str(val)]),
+        ("nanogpt", nanogpt / "train.bin", []),
+        ("llmc", llmc, []),
+    ):
+        result = run(
+            "train",
+            str(data),
+            *val_args,
+            "-t",
+            "c",
+            "--name",
+            name,
+            "--max-steps",
+            "3",
+            "--json",
+            *TINY,
+        )
+        losses[name] = json.loads(result.stdout)["val_loss"]
+        data_info = json.loads((home / "models" / name / "train.json").read_text())["data"]
+        assert (data_info["train_tokens"], data_info["val_tokens"]) == (
+            len(text_train),
+            len(text_val),
+        )
+    assert losses["text"] == losses["nanogpt"] == losses["llmc"]
+    assert data_info["shards"] is True and data_info["val_bytes"] is None
+    row = json.loads(run("eval", "llmc", "--json").stdout)
+    assert row["bits_per_byte"] is None and row["tokens"] > 0
+    table = run("eval", "nanogpt").stdout
+    assert "unavailable" in table
+
+
+def test_bad_token_shards(home: Path, tmp_path: Path) -> None:
+    chars = tmp_path / "chars.txt"
+    chars.write_text("abc")
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")
+    before = snapshot(home)
+    big = llmc_shard(tmp_path / "big.bin", [1, 2, 5000])
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(llmc_shard(tmp_path / "whole.bin", [1, 2, 3]).read_bytes()[:-2])
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"abc")
+    cases = [
+        ([str(big), "-t", "c"], f"{big}: token 2 is id 5,000, beyond the tokenizer's vocabulary"),
+        ([str(cut), "-t", "c"], f"{cut}: truncated llm.c shard: its header says 3 tokens"),
+        ([str(odd), "-t", "c"], f"{odd}: not a token shard"),
+        ([str(big)], "token shards need --tokenizer NAME|PATH"),
+        ([str(big), str(chars), "-t", "c"], "cannot be mixed with text"),
+    ]
+    for args, says in cases:
+        result = run("train", *args, "--max-steps", "1", "--preset", "tiny", code=1)
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("error: ") and says in lines[-1], result.stderr
+        assert snapshot(home) == before, args

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 
 from gptcli.datasources import find_files
 from gptcli.datasources.corpus import SourceFile, Texts, read_corpus
+from gptcli.datasources.shards import ShardSet, check_ids, side_tokens
 from gptcli.datasources.streams import BLOCK_BYTES, iter_blocks
 from gptcli.errors import GptError
 from gptcli.store import atomic_path, read_json, write_json_atomic
@@ -222,7 +223,7 @@ class Split:
     """One side of the corpus: ids (a read-only memmap) and the UTF-8 bytes they came from."""
 
     tokens: np.ndarray
-    n_bytes: int
+    n_bytes: int | None  # None: unknown (token shards carry no text)
     path: Path
 
 
@@ -233,16 +234,21 @@ class Corpus:
     files: list[dict]
     key: str
     text_field: str = "text"
+    source: dict = field(default_factory=dict)  # token shards: {"shards": True, ...}
 
     def describe(self) -> dict:
-        return ({"text_field": self.text_field} if self.text_field != "text" else {}) | {
-            "files": self.files,
-            "cache_key": self.key,
-            "train_tokens": len(self.train.tokens),
-            "train_bytes": self.train.n_bytes,
-            "val_tokens": len(self.val.tokens),
-            "val_bytes": self.val.n_bytes,
-        }
+        return (
+            ({"text_field": self.text_field} if self.text_field != "text" else {})
+            | self.source
+            | {
+                "files": self.files,
+                "cache_key": self.key,
+                "train_tokens": len(self.train.tokens),
+                "train_bytes": self.train.n_bytes,
+                "val_tokens": len(self.val.tokens),
+                "val_bytes": self.val.n_bytes,
+            }
+        )
 
 
 def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
@@ -279,6 +285,36 @@ def build_corpus(
         for side in ("train", "val")
     }
     return Corpus(splits["train"], splits["val"], described, key, texts.options.text_field)
+
+
+def build_shard_corpus(shards: ShardSet, tokenizer: Tokenizer, cache_dir: Path) -> Corpus:
+    """Token shards as a corpus: ids checked against the tokenizer (a prepared corpus was
+    checked when written), each side in place or joined into the cache."""
+    vocab = tokenizer.vocab_size
+    n_bytes: dict[str, int | None] = {"train": None, "val": None}
+    source: dict[str, Any] = {"shards": True}
+    if shards.prepared is not None:
+        assert shards.root is not None
+        key, described = shards.prepared["key"], shards.prepared["files"]
+        n_bytes = shards.prepared["bytes"]
+        source = {"prepared": str(shards.root.resolve()), "documents": shards.prepared["documents"]}
+    else:
+        for shard in shards.train + shards.val:
+            check_ids(shard, vocab)
+        described = shards.describe()
+        parts = [
+            CACHE_VERSION,
+            "shards",
+            tokenizer.digest,
+            [(d["sha256"], d.get("val", False)) for d in described],
+        ]
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    splits = {}
+    for side, group in (("train", shards.train), ("val", shards.val)):
+        cache = cache_dir / f"{key}.{side}.bin"
+        tokens, path = side_tokens(group, vocab, cache, token_dtype(vocab))
+        splits[side] = Split(tokens, n_bytes[side], path)
+    return Corpus(splits["train"], splits["val"], described, key, source=source)
 
 
 class Batches:

@@ -18,6 +18,7 @@ from gptcli.config import TrainConfig
 from gptcli.data import find_text_files
 from gptcli.datasources import find_files
 from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.shards import wants_shards
 from gptcli.errors import GptError
 from gptcli.lora import apply_lora
 from gptcli.record import continued
@@ -68,7 +69,10 @@ class FinetuneRequest:
             raise GptError("--lora must be at least 1")
         # --task text reads every supported format (a directory: all of them); otherwise a
         # directory means its .txt files, and JSONL is a chat or classify set
-        self.files = (find_files if self.task == "text" else find_text_files)(self.inputs)
+        if self.task == "text" and wants_shards(self.inputs):
+            self.files = [Path(p).expanduser() for p in self.inputs]  # read by the task
+        else:
+            self.files = (find_files if self.task == "text" else find_text_files)(self.inputs)
         self.task = self.task or detect_task(self.files)
         task_named(self.task)
 

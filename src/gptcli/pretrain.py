@@ -18,11 +18,12 @@ import torch.distributed as torch_dist
 
 from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
-from gptcli.data import Texts, build_corpus, read_corpus
+from gptcli.data import Corpus, Texts, build_corpus, build_shard_corpus, read_corpus
 from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.shards import ShardSet, find_shards, wants_shards
 from gptcli.errors import GptError
 from gptcli.model import GPT
-from gptcli.monitor import prompt_from
+from gptcli.monitor import prompt_from, prompt_from_tokens
 from gptcli.record import continued
 from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed, micro_batch_size
@@ -62,6 +63,28 @@ def prepare_tokenizer(
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
     log(f"training a BPE tokenizer ({vocab} tokens)")
     return Tokenizer.train_bpe(pieces, vocab)
+
+
+def shard_tokenizer(
+    choice: str | None, vocab_size: int | None, shards: ShardSet, store: ModelStore
+) -> Tokenizer:
+    """The tokenizer token shards were made with: a prepared corpus's own, else --tokenizer."""
+    if vocab_size is not None:
+        raise GptError("--vocab-size does not apply to token shards: their tokenizer is made")
+    if shards.root is not None:
+        own = Tokenizer.load(shards.root / "tokenizer.json")
+        if (
+            choice not in (None, "bpe")
+            and Tokenizer.load(store.tokenizer_path(choice)).digest != own.digest
+        ):
+            raise GptError(f"{shards.root}: prepared with another tokenizer than {choice!r}")
+        return own
+    if choice in (None, "bpe", "char"):
+        raise GptError(
+            "token shards need --tokenizer NAME|PATH: the tokenizer they were made with "
+            "(for nanoGPT and llm.c shards, GPT-2's tokenizer.json)"
+        )
+    return Tokenizer.load(store.tokenizer_path(choice))
 
 
 @dataclass
@@ -124,9 +147,13 @@ class TrainRequest:
         """Tokenizer -> corpus -> model and batches. With `resume`, the stored model's weights
         and settings continue (the optimizer and RNG states are the run's to restore)."""
         request = self  # replaced below by a copy with the chosen context
-        texts = read_corpus(request.inputs, request.read, request.val)
-        for warning in texts.warnings:
-            log(warning)
+        texts, shards = None, None
+        if wants_shards(request.inputs):
+            shards = find_shards(request.inputs, request.val)
+        else:
+            texts = read_corpus(request.inputs, request.read, request.val)
+            for warning in texts.warnings:
+                log(warning)
         info: dict[str, Any] = {}
         if request.resume:
             loaded = load_model(store.model_dir(request.name), device)
@@ -134,17 +161,25 @@ class TrainRequest:
             cfg = resumed_config(info.get("train", {}), request.cfg)
         else:
             tokenizer = None
-            if dist.is_main:
+            if shards is not None:
+                tokenizer = shard_tokenizer(request.tokenizer, request.vocab_size, shards, store)
+            elif dist.is_main:
+                assert texts is not None
                 tokenizer = prepare_tokenizer(
                     request.tokenizer, request.vocab_size, texts, store, log
                 )
             tokenizer = share_tokenizer(tokenizer, dist, device)
             cfg = request.cfg
-        corpus = None
-        if dist.is_main:
-            corpus = build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+
+        def build() -> Corpus:
+            if shards is not None:
+                return build_shard_corpus(shards, tokenizer, store.data_dir)
+            assert texts is not None
+            return build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+
+        corpus = build() if dist.is_main else None
         dist.barrier()
-        corpus = corpus or build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+        corpus = corpus or build()
         if request.resume and corpus.key != info.get("data", {}).get("cache_key"):
             raise GptError("the training text differs from the run being resumed")
         n_train = len(corpus.train.tokens)
@@ -194,7 +229,9 @@ class TrainRequest:
             val,
             cfg,
             record,
-            sample_prompt=prompt_from(texts, cfg),
+            sample_prompt=prompt_from(texts, cfg)
+            if texts
+            else prompt_from_tokens(corpus.train.tokens, tokenizer, cfg),
             summary={"params": model.num_params(), "train_tokens": n_train}
             | ({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
         )
