@@ -375,3 +375,34 @@ def test_bad_token_shards(home: Path, tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert lines[-1].startswith("error: ") and says in lines[-1], result.stderr
         assert snapshot(home) == before, args
+
+
+def test_the_tokenizer_sample_is_spread_across_a_big_corpus(home: Path, tmp_path: Path) -> None:
+    """Beyond --tokenizer-sample, BPE learns from an even sample: here the corpus's halves
+    differ, and merges of both halves are learned from a sample of a quarter of it."""
+    from gptcli.datasources.sample import parse_size, sampled
+
+    assert [parse_size(s) for s in ("100MB", "2G", "1KiB", "512")] == [10**8, 2 * 10**9, 1024, 512]
+    units = [f"{i:04d}" * 25 for i in range(400)]  # 100 bytes each
+    chosen = list(sampled(units, 40_000, 10_000))
+    assert len(chosen) == 100 and chosen[:2] == [units[1], units[5]]  # every fourth unit
+    assert list(sampled(units, 40_000, 40_000)) == units
+    first = ["the quick brown fox jumps over the lazy dog. " * 4] * 200
+    second = ["sphinx of black quartz, judge my vow! " * 4] * 200
+    path = tmp_path / "halves.jsonl"
+    path.write_bytes(jsonl(first + second))
+    result = run(
+        "tokenize",
+        "train",
+        str(path),
+        "--name",
+        "sampled",
+        "--vocab-size",
+        "600",
+        "--tokenizer-sample",
+        "20KB",
+    )
+    said = " ".join(result.stderr.split())
+    assert "on a sample of" in said
+    vocab = json.loads((home / "tokenizers/sampled/tokenizer.json").read_text())["model"]["vocab"]
+    assert "Ġfox" in vocab and "Ġquartz" in vocab

@@ -20,6 +20,7 @@ from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Corpus, Texts, build_corpus, build_shard_corpus, read_corpus
 from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.sample import DEFAULT_SAMPLE, sample_units, sampled
 from gptcli.datasources.shards import ShardSet, find_shards, wants_shards
 from gptcli.errors import GptError
 from gptcli.model import GPT
@@ -27,7 +28,7 @@ from gptcli.monitor import prompt_from, prompt_from_tokens
 from gptcli.record import continued
 from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed, micro_batch_size
-from gptcli.store import ModelStore
+from gptcli.store import ModelStore, human_bytes
 from gptcli.tasks.text import token_batches
 from gptcli.tokenizer import HFTokenizer, Tokenizer, iter_chunks
 
@@ -46,9 +47,11 @@ def prepare_tokenizer(
     texts: Texts,
     store: ModelStore,
     log: Callable[[str], None],
+    sample_bytes: int = DEFAULT_SAMPLE,
 ) -> Tokenizer:
     """The tokenizer asked for (None or "bpe", "char", or a stored name / path): trained on
-    `texts`, or loaded from the store or a path."""
+    `texts` (BPE on a sample of `sample_bytes` drawn across a larger corpus), or loaded from
+    the store or a path."""
     choice = choice or "bpe"
     if choice not in ("bpe", "char"):
         if vocab_size is not None:
@@ -61,8 +64,16 @@ def prepare_tokenizer(
     vocab = vocab_size or default_vocab_size(texts.n_bytes)
     if not 257 <= vocab <= MAX_VOCAB:
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
-    log(f"training a BPE tokenizer ({vocab} tokens)")
-    return Tokenizer.train_bpe(pieces, vocab)
+    if texts.n_bytes <= sample_bytes:
+        log(f"training a BPE tokenizer ({vocab} tokens)")
+        return Tokenizer.train_bpe(pieces, vocab)
+    log(
+        f"training a BPE tokenizer ({vocab} tokens) on a sample of {human_bytes(sample_bytes)} "
+        f"drawn across the {human_bytes(texts.n_bytes)} of text (--tokenizer-sample)"
+    )
+    units = (u for f in texts.files for u in sample_units(f.pieces(), f.one_document))
+    chosen = sampled(units, texts.n_bytes, sample_bytes)
+    return Tokenizer.train_bpe((c for unit in chosen for c in iter_chunks(unit)), vocab)
 
 
 def shard_tokenizer(
@@ -114,6 +125,7 @@ class TrainRequest:
     cfg: TrainConfig
     val: list[str] = field(default_factory=list)  # validation inputs (--val), else a fraction
     read: ReadOptions = field(default_factory=ReadOptions)  # --text-field, --skip-bad-lines
+    tokenizer_sample: int = DEFAULT_SAMPLE  # bytes of text a BPE tokenizer is trained on
     preset: str = "auto"
     family: str | None = None  # None: the preset's (modern for new models)
     tokenizer: str | None = None  # None or "bpe": train BPE; "char"; or a stored name / path
@@ -166,7 +178,12 @@ class TrainRequest:
             elif dist.is_main:
                 assert texts is not None
                 tokenizer = prepare_tokenizer(
-                    request.tokenizer, request.vocab_size, texts, store, log
+                    request.tokenizer,
+                    request.vocab_size,
+                    texts,
+                    store,
+                    log,
+                    request.tokenizer_sample,
                 )
             tokenizer = share_tokenizer(tokenizer, dist, device)
             cfg = request.cfg

@@ -9,6 +9,12 @@ import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.trainflags import (
+    TextField,
+    TokenizerSample,
+    read_options,
+    sample_size,
+)
 from gptcli.cli.usage import Command, Group
 from gptcli.errors import GptError
 
@@ -54,7 +60,7 @@ def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
 @app.command(
     "train",
     cls=Command,
-    help="Train a tokenizer on text files and store it.\n\n"
+    help="Train a tokenizer on text (any format `gpt train` reads) and store it.\n\n"
     "Example: gpt tokenize train examples/stories --vocab-size 1024 --name stories",
 )
 def train_cmd(
@@ -64,6 +70,8 @@ def train_cmd(
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus).")
     ] = None,
     char: Annotated[bool, typer.Option("--char", help="One token per character.")] = False,
+    tokenizer_sample: TokenizerSample = None,
+    text_field: TextField = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a tokenizer of the same name.")
     ] = False,
@@ -82,7 +90,8 @@ def train_cmd(
         raise GptError("--vocab-size does not apply to --char")
     choice = "char" if char else "bpe"
     log = lambda m: info(m, quiet)  # noqa: E731
-    tok = prepare_tokenizer(choice, vocab_size, read_corpus(inputs), store, log)
+    texts = read_corpus(inputs, read_options(text_field, False))
+    tok = prepare_tokenizer(choice, vocab_size, texts, store, log, sample_size(tokenizer_sample))
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:

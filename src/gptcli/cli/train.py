@@ -24,8 +24,10 @@ from gptcli.cli.trainflags import (
     Resume,
     SkipBadLines,
     TextField,
+    TokenizerSample,
     Val,
     read_options,
+    sample_size,
     train_config,
     train_settings,
     training_flags,
@@ -113,6 +115,7 @@ def train(
     vocab_size: Annotated[
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus size).")
     ] = None,
+    tokenizer_sample: TokenizerSample = None,
     block_size: BlockSize = None,
     dropout: Dropout = None,
     val: Val = None,
@@ -164,6 +167,7 @@ def train(
         cfg=cfg,
         val=val or [],
         read=read_options(text_field, skip_bad_lines),
+        tokenizer_sample=sample_size(tokenizer_sample),
         preset=preset,
         family=family,
         tokenizer=tokenizer,

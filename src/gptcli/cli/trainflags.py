@@ -141,3 +141,20 @@ def read_options(text_field: str | None, skip_bad_lines: bool) -> ReadOptions:
     from gptcli.datasources.base import ReadOptions
 
     return ReadOptions(text_field=text_field or "text", skip_bad_lines=skip_bad_lines)
+
+
+TokenizerSample = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer-sample",
+        metavar="SIZE",
+        help="Train the BPE tokenizer on all the text up to this size, beyond it on a sample "
+        "of this size drawn across the corpus (default: 100MB).",
+    ),
+]
+
+
+def sample_size(text: str | None) -> int:
+    from gptcli.datasources.sample import DEFAULT_SAMPLE, parse_size
+
+    return DEFAULT_SAMPLE if text is None else parse_size(text)
