@@ -406,3 +406,97 @@ def test_the_tokenizer_sample_is_spread_across_a_big_corpus(home: Path, tmp_path
     assert "on a sample of" in said
     vocab = json.loads((home / "tokenizers/sampled/tokenizer.json").read_text())["model"]["vocab"]
     assert "Ġfox" in vocab and "Ġquartz" in vocab
+
+
+def test_a_prepared_corpus_trains_like_its_data(home: Path, tmp_path: Path) -> None:
+    """`gpt tokenize corpus` once; `gpt train DIR` then trains on exactly the tokens (same
+    content key) that `gpt train DATA` would, and `models show` says what it saw."""
+    data = tmp_path / "data.jsonl.gz"
+    data.write_bytes(gzip.compress(jsonl(DOCUMENTS)))
+    chars = tmp_path / "chars.txt"
+    chars.write_text(CHARS)
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")
+    out = tmp_path / "prepared"
+    said = json.loads(
+        run("tokenize", "corpus", str(data), "-t", "c", "--out", str(out), "--json").stdout
+    )
+    assert said["documents"] == len(DOCUMENTS)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "corpus.json",
+        "tokenizer.json",
+        "train.bin",
+        "val.bin",
+    ]
+    results = {}
+    for name, source in (("direct", data), ("prepared", out)):
+        args = ["train", str(source), "--name", name, "--max-steps", "3", "--json", *TINY]
+        results[name] = json.loads(run(*args, *(["-t", "c"] if name == "direct" else [])).stdout)
+    assert results["direct"]["val_loss"] == results["prepared"]["val_loss"]
+    infos = {n: json.loads((home / "models" / n / "train.json").read_text()) for n in results}
+    assert infos["direct"]["data"]["cache_key"] == infos["prepared"]["data"]["cache_key"]
+    shown = json.loads(run("models", "show", "prepared", "--json").stdout)["data"]
+    assert shown["prepared"] == str(out.resolve()) and shown["documents"] == len(DOCUMENTS)
+    assert shown["formats"] == ["jsonl"]
+    again = run("tokenize", "corpus", str(data), "-t", "c", "--out", str(out), code=1)
+    assert "--force" in again.stderr
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    refused = run(
+        "tokenize", "corpus", str(data), "-t", "c", "--out", str(stray), "--force", code=1
+    )
+    assert "not a prepared corpus" in refused.stderr
+
+
+def test_two_nodes_read_one_prepared_corpus(home: Path, tmp_path: Path) -> None:
+    """Two `torchrun` nodes on loopback, each with its own store, read one prepared directory
+    (as over shared storage) and train the model one process trains."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(jsonl(DOCUMENTS * 20))
+    chars = tmp_path / "chars.txt"
+    chars.write_text(CHARS)
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")
+    out = tmp_path / "prepared"
+    run("tokenize", "corpus", str(data), "-t", "c", "--out", str(out), "-q")
+    common = [str(out), "--max-steps", "6", "--json", "--device", "cpu", *TINY]
+    single = json.loads(run("train", *common, "--name", "single").stdout)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTCLI_HOME": str(tmp_path / f"node{rank}")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--nproc-per-node=1",
+            f"--node-rank={rank}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            "-m",
+            "gptcli",
+            "train",
+            *common,
+            "--name",
+            "two",
+        ]
+        nodes.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    lines = [line for line in outputs[0][0].splitlines() if line.startswith("{")]
+    two = json.loads(lines[0])
+    assert two["steps"] == single["steps"] == 6
+    assert two["val_loss"] == pytest.approx(single["val_loss"], rel=2e-3)
+    assert (tmp_path / "node0/models/two/model.safetensors").is_file()
+    assert not list((tmp_path / "node1").rglob("*.bin"))  # nothing re-tokenized on node 1

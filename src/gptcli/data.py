@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptcli.datasources import find_files
+from gptcli.datasources import find_files, progress
 from gptcli.datasources.corpus import SourceFile, Texts, read_corpus
-from gptcli.datasources.shards import ShardSet, check_ids, side_tokens
+from gptcli.datasources.shards import LLMC_HEADER, ShardSet, check_ids, llmc_header, side_tokens
 from gptcli.datasources.streams import BLOCK_BYTES, iter_blocks
 from gptcli.errors import GptError
 from gptcli.store import atomic_path, read_json, write_json_atomic
@@ -148,10 +148,13 @@ class TokenWriter:
     of many documents are encoded together, so that short documents use every core too.
     """
 
-    def __init__(self, tokenizer: Tokenizer, path: Path) -> None:
+    def __init__(self, tokenizer: Tokenizer, path: Path, header: bool = False) -> None:
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.file = open(path, "wb")  # noqa: SIM115
+        self.header = header  # an llm.c shard header before the ids (written at the end)
+        if header:
+            self.file.write(bytes(LLMC_HEADER))
         self.pending = ""  # the current document's text not yet cut into pieces
         self.queue: list[str | None] = []  # pieces to encode; None: an end-of-text token
         self.queued = 0  # characters in the queue
@@ -196,14 +199,23 @@ class TokenWriter:
     def close(self) -> None:
         self.cut()
         self.encode()
+        if self.header:
+            self.file.seek(0)
+            self.file.write(llmc_header(self.dtype, self.n_tokens))
         self.file.close()
 
 
 def encode_corpus(
-    texts: Texts, tokenizer: Tokenizer, val_fraction: float, paths: dict[str, Path]
+    texts: Texts,
+    tokenizer: Tokenizer,
+    val_fraction: float,
+    paths: dict[str, Path],
+    header: bool = False,
 ) -> dict[str, int]:
-    """Streams the corpus into one id file per side; returns the UTF-8 bytes of each side."""
-    writers = {side: TokenWriter(tokenizer, path) for side, path in paths.items()}
+    """Streams the corpus into one id file per side (llm.c shards with `header`); returns the
+    UTF-8 bytes of each side."""
+    progress.start("tokenizing", texts.paths)
+    writers = {side: TokenWriter(tokenizer, path, header) for side, path in paths.items()}
     starting = dict.fromkeys(paths, True)  # the next text on this side begins a document
     try:
         for side, text in split_stream(texts, val_fraction):
@@ -258,17 +270,23 @@ def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
-def build_corpus(
-    texts: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
-) -> Corpus:
-    """Splits and tokenizes the corpus into memmaps, reusing the cache when nothing changed."""
+def corpus_key(
+    texts: Texts, tokenizer: Tokenizer, val_fraction: float
+) -> tuple[str, list[dict[str, Any]]]:
+    """The content key of a tokenized corpus, and the description of its inputs."""
     described = [f.describe() for f in texts.files]
     parts: list[Any] = [CACHE_VERSION, tokenizer.digest, val_fraction, [f.key for f in texts.files]]
     if texts.val_files:  # the split is the inputs given, whatever the fraction
         described += [f.describe() | {"val": True} for f in texts.val_files]
         parts[2:] = ["val", [f.key for f in texts.files], [f.key for f in texts.val_files]]
-    key_src = json.dumps(parts)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32], described
+
+
+def build_corpus(
+    texts: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
+) -> Corpus:
+    """Splits and tokenizes the corpus into memmaps, reusing the cache when nothing changed."""
+    key, described = corpus_key(texts, tokenizer, val_fraction)
     meta_path = cache_dir / f"{key}.json"
     paths = {side: cache_dir / f"{key}.{side}.bin" for side in ("train", "val")}
     if not (meta_path.is_file() and all(p.is_file() for p in paths.values())):

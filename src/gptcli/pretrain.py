@@ -19,6 +19,7 @@ import torch.distributed as torch_dist
 from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
 from gptcli.data import Corpus, Texts, build_corpus, build_shard_corpus, read_corpus
+from gptcli.datasources import progress
 from gptcli.datasources.base import ReadOptions
 from gptcli.datasources.sample import DEFAULT_SAMPLE, sample_units, sampled
 from gptcli.datasources.shards import ShardSet, find_shards, wants_shards
@@ -64,6 +65,7 @@ def prepare_tokenizer(
     vocab = vocab_size or default_vocab_size(texts.n_bytes)
     if not 257 <= vocab <= MAX_VOCAB:
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
+    progress.start("training the tokenizer", [f.path for f in texts.files])
     if texts.n_bytes <= sample_bytes:
         log(f"training a BPE tokenizer ({vocab} tokens)")
         return Tokenizer.train_bpe(pieces, vocab)

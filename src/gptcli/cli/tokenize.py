@@ -10,8 +10,10 @@ import typer
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
 from gptcli.cli.trainflags import (
+    SkipBadLines,
     TextField,
     TokenizerSample,
+    Val,
     read_options,
     sample_size,
 )
@@ -98,6 +100,58 @@ def train_cmd(
         print_json(summary)
     else:
         typer.echo(f"saved tokenizer {name}: {tok.kind}, {tok.vocab_size} tokens")
+
+
+@app.command(
+    "corpus",
+    cls=Command,
+    help="Tokenize training data once into a directory that `gpt train DIR` reads directly "
+    "(token shards, the tokenizer, and corpus.json saying what was read).\n\n"
+    "Example: gpt tokenize corpus data/*.jsonl.zst -t stories --out prepared/",
+)
+def corpus_cmd(
+    inputs: Annotated[list[str], typer.Argument(metavar="FILE_OR_DIR...")],
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="The directory to write.")],
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", "-t", help="A stored tokenizer or a tokenizer.json.")
+    ],
+    val: Val = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Fraction held out for validation, from the end.")
+    ] = 0.1,
+    text_field: TextField = None,
+    skip_bad_lines: SkipBadLines = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a prepared corpus in DIR.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
+) -> None:
+    from pathlib import Path
+
+    from gptcli.data import read_corpus
+    from gptcli.prepared import write_prepared
+    from gptcli.store import ModelStore
+    from gptcli.tokenizer import Tokenizer
+
+    if not 0.0 <= val_fraction < 1.0:
+        raise GptError("--val-fraction must be in [0, 1)")
+    tok = Tokenizer.load(ModelStore().tokenizer_path(tokenizer))
+    texts = read_corpus(inputs, read_options(text_field, skip_bad_lines), val)
+    for warning in texts.warnings:
+        info(warning, quiet)
+    meta = write_prepared(texts, tok, val_fraction, Path(out).expanduser(), force)
+    summary = {"path": str(Path(out).expanduser().resolve())} | {
+        k: meta[k] for k in ("documents", "bytes", "tokens", "key")
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        tokens = meta["tokens"]
+        typer.echo(
+            f"prepared {out}: {meta['documents']:,} documents, {tokens['train']:,} training "
+            f"and {tokens['val']:,} validation tokens"
+        )
 
 
 @app.command(

@@ -8,18 +8,16 @@ keyed by content. The text itself is not kept: `Texts` streams it again on deman
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.datasources import find_readers
+from gptcli.datasources import find_readers, progress
 from gptcli.datasources.base import Reader, ReadOptions
 from gptcli.errors import GptError
 
 DOCUMENT_END = b"\xff"  # hashed after each document of a many-document input (never in UTF-8)
-
-Progress = Callable[[int], None]  # told the bytes of text read so far
 
 
 @dataclass
@@ -76,13 +74,17 @@ class Texts:
     def documents(self) -> int:
         return sum(f.documents for f in self.files)
 
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files + self.val_files]
+
     def iter_text(self) -> Iterator[str]:
         """The text of the training inputs, in pieces (document ends left out)."""
         for f in self.files:
             yield from (piece for piece in f.pieces() if piece)
 
 
-def scan(reader: Reader, progress: Progress | None = None) -> tuple[SourceFile, bool, str | None]:
+def scan(reader: Reader) -> tuple[SourceFile, bool, str | None]:
     """One input read through: (what it holds, whether any text is not blank, a warning)."""
     digest = hashlib.sha256()
     n_bytes = documents = 0
@@ -105,8 +107,6 @@ def scan(reader: Reader, progress: Progress | None = None) -> tuple[SourceFile, 
             ) from None
         digest.update(encoded)
         n_bytes += len(encoded)
-        if progress is not None:
-            progress(len(encoded))
         any_text = any_text or bool(piece.strip())
     source = SourceFile(reader.path, n_bytes, digest.hexdigest(), reader, documents)
     source.skipped = reader.skipped
@@ -117,18 +117,19 @@ def read_corpus(
     inputs: list[str],
     options: ReadOptions | None = None,
     val: list[str] | None = None,
-    progress: Progress | None = None,
 ) -> Texts:
     """Finds and checks every input in one streaming pass. Missing, binary, non-UTF-8, bad
     records and empty inputs are refused before anything is written."""
     options = options or ReadOptions()
     texts = Texts([], options=options)
-    for names, target in ((inputs, texts.files), (val or [], texts.val_files)):
-        if not names:
+    found = [find_readers(names, options) if names else [] for names in (inputs, val)]
+    progress.start("checking the data", [r.path for readers in found for r in readers])
+    for readers, target in zip(found, (texts.files, texts.val_files), strict=True):
+        if not readers:
             continue
         any_text = False
-        for reader in find_readers(names, options):
-            source, has_text, warning = scan(reader, progress)
+        for reader in readers:
+            source, has_text, warning = scan(reader)
             any_text = any_text or has_text
             if warning:
                 texts.warnings.append(warning)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gptcli.datasources import progress
 from gptcli.datasources.base import ReadOptions
 from gptcli.errors import GptError
 
@@ -61,7 +62,9 @@ class ParquetReader:
         self.skipped = 0
         file = open_parquet(self.path, self.options.text_field)
         row = 0
+        share = self.path.stat().st_size // max(1, file.num_row_groups)
         for group in range(file.num_row_groups):
+            progress.advance(share)
             try:
                 table = file.read_row_group(group, columns=[self.options.text_field])
             except (pa.ArrowException, OSError) as exc:

@@ -31,6 +31,14 @@ PREPARED = "corpus.json"  # the description of a prepared corpus directory
 CHECK_TOKENS = 1 << 22  # ids checked (and copied) at a time
 
 
+def llmc_header(dtype: np.dtype, n_tokens: int) -> bytes:
+    """The header of an llm.c shard holding `n_tokens` ids of `dtype`."""
+    version = next(v for v, d in LLMC_DTYPES.items() if d == dtype)
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = [LLMC_MAGIC, version, n_tokens]
+    return header.tobytes()
+
+
 @dataclass
 class Shard:
     path: Path
@@ -146,6 +154,8 @@ def read_prepared(root: Path) -> ShardSet:
     """A directory written by `gpt tokenize corpus`."""
     try:
         meta = json.loads((root / PREPARED).read_text(encoding="utf-8"))
+        if meta.get("format") != "gptcli-corpus":
+            raise ValueError("its format is not gptcli-corpus")
         sides = {
             side: [open_shard(root / name) for name in meta["shards"][side]]
             for side in ("train", "val")

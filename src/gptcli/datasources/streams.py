@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from gptcli.datasources import progress
 from gptcli.errors import GptError
 
 BLOCK_BYTES = 4 << 20  # read this much at a time
@@ -66,6 +67,7 @@ def _zstd_blocks(raw: IO[bytes], path: Path, block_bytes: int) -> Iterator[bytes
             chunk = raw.read(block_bytes)
             if not chunk:
                 break
+            progress.advance(len(chunk))
             while chunk:
                 out = decoder.decompress(chunk)
                 fed = True
@@ -103,6 +105,7 @@ def iter_bytes(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
                 import lzma
 
                 stream = lzma.LZMAFile(raw, "rb")  # noqa: SIM115  (closed with raw)
+            done = 0  # bytes of the file read (and reported) so far
             while True:
                 try:
                     block = stream.read(block_bytes)
@@ -112,6 +115,9 @@ def iter_bytes(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
                     raise GptError(f"{path}: truncated or corrupt {kind} data ({exc})") from None
                 except Exception as exc:  # zlib.error, lzma.LZMAError
                     raise GptError(f"{path}: corrupt {kind} data ({exc})") from None
+                position = raw.tell()
+                progress.advance(position - done)
+                done = position
                 if not block:
                     return
                 yield block
