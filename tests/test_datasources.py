@@ -500,3 +500,110 @@ def test_two_nodes_read_one_prepared_corpus(home: Path, tmp_path: Path) -> None:
     assert two["val_loss"] == pytest.approx(single["val_loss"], rel=2e-3)
     assert (tmp_path / "node0/models/two/model.safetensors").is_file()
     assert not list((tmp_path / "node1").rglob("*.bin"))  # nothing re-tokenized on node 1
+
+
+def test_hugging_face_datasets_saved_to_disk(tmp_path: Path) -> None:
+    """A dataset saved with `save_to_disk` (named hf:DIR, or the directory itself), and a
+    DatasetDict's split by @SPLIT: the tokens of the directory of .txt files."""
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    saved, split = tmp_path / "saved", tmp_path / "splits"
+    datasets.Dataset.from_dict({"text": DOCUMENTS, "id": list(range(len(DOCUMENTS)))}).save_to_disk(
+        str(saved)
+    )
+    held_out = ["A held-out story about a cat."]
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": DOCUMENTS}),
+            "validation": datasets.Dataset.from_dict({"text": held_out}),
+        }
+    ).save_to_disk(str(split))
+    val = tmp_path / "val.txt"
+    val.write_text(held_out[0])
+    expected = tokens([txt_dir(tmp_path / "txt", DOCUMENTS)], tmp_path / "c1", [val])
+    assert tokens([Path(f"hf:{saved}")], tmp_path / "c2", [val]) == expected
+    assert tokens([saved], tmp_path / "c3", [val]) == expected
+    assert (
+        tokens([Path(f"hf:{split}")], tmp_path / "c4", [Path(f"hf:{split}@validation")]) == expected
+    )
+
+
+def cached_dataset(cache: Path, repo: str, documents: list[str]) -> None:
+    """A dataset in the `datasets` cache as if downloaded by name once (no network)."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    source = cache.parent / "source.parquet"
+    pq.write_table(pa.table({"text": documents}), source)
+    org, name = repo.split("/")
+    builder = Parquet(
+        cache_dir=str(cache), dataset_name=name, data_files={"train": str(source)}, hash="0" * 8
+    )
+    builder.download_and_prepare()
+    (config,) = (cache / name).iterdir()
+    config.rename(cache / name / "default")
+    (cache / name).rename(cache / f"{org}___{name}")
+
+
+def test_hugging_face_dataset_by_name_offline(tmp_path: Path) -> None:
+    """Offline, hf:ORG/NAME is read from the datasets cache (not streamed); a name that is not
+    there is one line, exit 1, and nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("datasets")
+    cache = tmp_path / "hf-datasets"
+    cached_dataset(cache, "someorg/stories", DOCUMENTS)
+    home = tmp_path / "store"
+    env = {
+        **os.environ,
+        "GPTCLI_HOME": str(home),
+        "HF_DATASETS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    val = tmp_path / "val.txt"
+    val.write_text("A held-out story about a cat.")
+
+    def gpt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gptcli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    chars = tmp_path / "chars.txt"
+    chars.write_text(CHARS)
+    assert gpt("tokenize", "train", str(chars), "--char", "--name", "c", "-q").returncode == 0
+    trained = gpt(
+        "train",
+        "hf:someorg/stories",
+        "--val",
+        str(val),
+        "-t",
+        "c",
+        "--name",
+        "byname",
+        "--max-steps",
+        "1",
+        *TINY,
+    )
+    assert trained.returncode == 0, trained.stderr
+    data = json.loads((home / "models/byname/train.json").read_text())["data"]
+    expected = tokens([txt_dir(tmp_path / "txt", DOCUMENTS)], tmp_path / "c1", [val])
+    assert data["train_tokens"] == len(expected[0])
+    assert data["files"][0]["path"] == "hf:someorg/stories"
+    before = snapshot(home)
+    missing = gpt("train", "hf:someorg/absent", "-t", "c", "--max-steps", "1")
+    assert missing.returncode == 1
+    assert (
+        missing.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: hf:someorg/absent: not in the datasets cache")
+    )
+    assert snapshot(home) == before

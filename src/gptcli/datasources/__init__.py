@@ -5,7 +5,8 @@ per input (the interface is in `datasources.base`). The format is recognised by 
 suffix: compression by the file's magic number (gzip, bzip2, xz, zstd; streamed, never
 written out), then the suffix under it (`.jsonl`/`.ndjson`/`.json` records, `.parquet`,
 anything else plain text); a Parquet file is also known by its magic number. A directory
-means every supported file under it, sorted. Nothing here tokenizes, splits or caches.
+means every supported file under it, sorted. A Hugging Face dataset is named `hf:ORG/NAME`
+(or is a directory saved with `save_to_disk`). Nothing here tokenizes, splits or caches.
 """
 
 from __future__ import annotations
@@ -88,5 +89,15 @@ def find_files(inputs: list[str]) -> list[Path]:
 
 
 def find_readers(inputs: list[str], options: ReadOptions | None = None) -> list[Reader]:
+    """One reader per input file; a Hugging Face dataset (`hf:...`, or a directory written by
+    `save_to_disk`) is one input."""
+    from gptcli.datasources.hf import PREFIX, HFReader, is_saved_dataset
+
     options = options or ReadOptions()
-    return [reader_for(path, options) for path in find_files(inputs)]
+    readers: list[Reader] = []
+    for raw in inputs:
+        if raw.startswith(PREFIX) or is_saved_dataset(Path(raw).expanduser()):
+            readers.append(HFReader(Path(raw), options))
+        else:
+            readers.extend(reader_for(path, options) for path in find_files([raw]))
+    return readers

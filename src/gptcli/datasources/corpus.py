@@ -40,8 +40,9 @@ class SourceFile:
         return self.reader is None or self.reader.one_document
 
     def describe(self) -> dict[str, Any]:
+        named = str(self.path).startswith("hf:")  # a dataset's name, not a path
         described: dict[str, Any] = {
-            "path": str(self.path.resolve()),
+            "path": str(self.path) if named else str(self.path.resolve()),
             "bytes": self.n_bytes,
             "sha256": self.sha256,
         }
