@@ -607,3 +607,27 @@ def test_hugging_face_dataset_by_name_offline(tmp_path: Path) -> None:
         .startswith("error: hf:someorg/absent: not in the datasets cache")
     )
     assert snapshot(home) == before
+
+
+def test_a_second_run_checks_record_files_by_their_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What checking a JSONL/Parquet file found is kept by the file's hash: the second time,
+    the file is hashed, not parsed (and a changed file is parsed again)."""
+    from gptcli.datasources.records import RecordsReader
+
+    path = tmp_path / "a.jsonl.zst"
+    path.write_bytes(zstd(jsonl(DOCUMENTS)))
+    cache = tmp_path / "cache"
+    first = read_corpus([str(path)], cache_dir=cache)
+    assert len(list(cache.glob("*.scan.json"))) == 1
+
+    def no_parsing(self: RecordsReader):  # type: ignore[no-untyped-def]
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(RecordsReader, "pieces", no_parsing)
+    second = read_corpus([str(path)], cache_dir=cache)
+    assert [f.describe() for f in second.files] == [f.describe() for f in first.files]
+    path.write_bytes(zstd(jsonl(DOCUMENTS[:3])))
+    with pytest.raises(AssertionError, match="parsed again"):
+        read_corpus([str(path)], cache_dir=cache)

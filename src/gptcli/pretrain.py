@@ -165,7 +165,7 @@ class TrainRequest:
         if wants_shards(request.inputs):
             shards = find_shards(request.inputs, request.val)
         else:
-            texts = read_corpus(request.inputs, request.read, request.val)
+            texts = read_corpus(request.inputs, request.read, request.val, store.data_dir)
             for warning in texts.warnings:
                 log(warning)
         info: dict[str, Any] = {}

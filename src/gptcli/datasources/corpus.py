@@ -8,6 +8,7 @@ keyed by content. The text itself is not kept: `Texts` streams it again on deman
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,15 +115,77 @@ def scan(reader: Reader) -> tuple[SourceFile, bool, str | None]:
     return source, any_text, warning
 
 
+SCAN_VERSION = 1
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes as stored (compressed, where it is)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ScanCache:
+    """What checking a record file found, keyed by the file's bytes and the reading options:
+    a second run on the same data hashes the files instead of parsing them again. Written
+    only once every input has passed, so bad input leaves nothing behind."""
+
+    def __init__(self, folder: Path | None, options: ReadOptions) -> None:
+        self.folder = folder
+        self.options = options
+        self.new: dict[Path, dict[str, Any]] = {}
+
+    def path(self, reader: Reader) -> Path | None:
+        if self.folder is None or reader.one_document or reader.format == "hf":
+            return None  # plain text: checking it is hashing it; datasets: no file
+        parts = [SCAN_VERSION, file_digest(reader.path), reader.format]
+        parts += [self.options.text_field, self.options.skip_bad_lines]
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+        return self.folder / f"{key}.scan.json"
+
+    def scan(self, reader: Reader) -> tuple[SourceFile, bool, str | None]:
+        where = self.path(reader)
+        if where is not None and where.is_file():
+            found = json.loads(where.read_text(encoding="utf-8"))
+            reader.skipped = found["skipped"]
+            if found["skipped"]:
+                reader.bad = [found["bad"]]  # type: ignore[attr-defined]  # record readers
+            source = SourceFile(reader.path, found["bytes"], found["sha256"], reader)
+            source.documents, source.skipped = found["documents"], found["skipped"]
+            return source, found["any_text"], None
+        source, any_text, warning = scan(reader)
+        if where is not None:
+            self.new[where] = {
+                "bytes": source.n_bytes,
+                "sha256": source.sha256,
+                "documents": source.documents,
+                "skipped": source.skipped,
+                "bad": (getattr(reader, "bad", None) or [""])[0],
+                "any_text": any_text,
+            }
+        return source, any_text, warning
+
+    def save(self) -> None:
+        from gptcli.store import write_json_atomic
+
+        for where, found in self.new.items():
+            write_json_atomic(where, found)
+
+
 def read_corpus(
     inputs: list[str],
     options: ReadOptions | None = None,
     val: list[str] | None = None,
+    cache_dir: Path | None = None,
 ) -> Texts:
     """Finds and checks every input in one streaming pass. Missing, binary, non-UTF-8, bad
-    records and empty inputs are refused before anything is written."""
+    records and empty inputs are refused before anything is written. With `cache_dir` (the
+    token cache), what checking a record file found is kept for the next run."""
     options = options or ReadOptions()
     texts = Texts([], options=options)
+    cache = ScanCache(cache_dir, options)
     found = [find_readers(names, options) if names else [] for names in (inputs, val)]
     progress.start("checking the data", [r.path for readers in found for r in readers])
     for readers, target in zip(found, (texts.files, texts.val_files), strict=True):
@@ -130,7 +193,7 @@ def read_corpus(
             continue
         any_text = False
         for reader in readers:
-            source, has_text, warning = scan(reader)
+            source, has_text, warning = cache.scan(reader)
             any_text = any_text or has_text
             if warning:
                 texts.warnings.append(warning)
@@ -144,4 +207,5 @@ def read_corpus(
         if not any_text:
             which = "validation text" if target is texts.val_files else "corpus"
             raise GptError(f"the {which} is empty: " + ", ".join(str(s.path) for s in target))
+    cache.save()
     return texts

@@ -53,7 +53,7 @@ def prepare(inputs: TaskInputs) -> TaskData:
         )
         texts = None
     else:
-        texts = read_corpus(names, inputs.read, inputs.val)
+        texts = read_corpus(names, inputs.read, inputs.val, inputs.cache_dir)
         corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
     if len(corpus.train.tokens) < 2:
         raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")
