@@ -631,3 +631,17 @@ def test_a_second_run_checks_record_files_by_their_bytes(
     path.write_bytes(zstd(jsonl(DOCUMENTS[:3])))
     with pytest.raises(AssertionError, match="parsed again"):
         read_corpus([str(path)], cache_dir=cache)
+
+
+def test_a_second_run_reuses_the_bpe_tokenizer(home: Path, tmp_path: Path) -> None:
+    """A BPE tokenizer trained on some text is kept in the token cache by the text's key: the
+    same text trains no new one."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(DOCUMENTS))
+    args = ["tokenize", "train", str(path), "--name", "t", "--vocab-size", "300", "--force"]
+    first = run(*args)
+    assert "training a BPE tokenizer" in first.stderr
+    tokenizer = (home / "tokenizers/t/tokenizer.json").read_text()
+    second = run(*args)
+    assert "as trained on this text before" in " ".join(second.stderr.split())
+    assert (home / "tokenizers/t/tokenizer.json").read_text() == tokenizer

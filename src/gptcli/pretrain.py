@@ -8,6 +8,8 @@ batches; locking, resuming, checkpoints and the loop are the run's.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +31,12 @@ from gptcli.monitor import prompt_from, prompt_from_tokens
 from gptcli.record import continued
 from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed, micro_batch_size
-from gptcli.store import ModelStore, human_bytes
+from gptcli.store import ModelStore, human_bytes, write_text_atomic
 from gptcli.tasks.text import token_batches
 from gptcli.tokenizer import HFTokenizer, Tokenizer, iter_chunks
 
 MAX_VOCAB = 1_000_000
+BPE_CACHE_VERSION = 1  # of the BPE tokenizers kept in the token cache, by the text's key
 
 
 def default_vocab_size(n_bytes: int) -> int:
@@ -65,17 +68,33 @@ def prepare_tokenizer(
     vocab = vocab_size or default_vocab_size(texts.n_bytes)
     if not 257 <= vocab <= MAX_VOCAB:
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
+    whole = texts.n_bytes <= sample_bytes  # all the text, whatever the sample size
+    parts = [
+        BPE_CACHE_VERSION,
+        vocab,
+        None if whole else sample_bytes,
+        [f.key for f in texts.files],
+    ]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    cached = store.data_dir / f"{key}.tokenizer.json"
+    if cached.is_file():  # trained on this text before (BPE training is deterministic)
+        log(f"BPE tokenizer ({vocab} tokens) as trained on this text before")
+        return Tokenizer.load(cached)
     progress.start("training the tokenizer", [f.path for f in texts.files])
-    if texts.n_bytes <= sample_bytes:
+    if whole:
         log(f"training a BPE tokenizer ({vocab} tokens)")
-        return Tokenizer.train_bpe(pieces, vocab)
-    log(
-        f"training a BPE tokenizer ({vocab} tokens) on a sample of {human_bytes(sample_bytes)} "
-        f"drawn across the {human_bytes(texts.n_bytes)} of text (--tokenizer-sample)"
-    )
-    units = (u for f in texts.files for u in sample_units(f.pieces(), f.one_document))
-    chosen = sampled(units, texts.n_bytes, sample_bytes)
-    return Tokenizer.train_bpe((c for unit in chosen for c in iter_chunks(unit)), vocab)
+        tokenizer = Tokenizer.train_bpe(pieces, vocab)
+    else:
+        log(
+            f"training a BPE tokenizer ({vocab} tokens) on a sample of "
+            f"{human_bytes(sample_bytes)} drawn across the {human_bytes(texts.n_bytes)} of text "
+            "(--tokenizer-sample)"
+        )
+        units = (u for f in texts.files for u in sample_units(f.pieces(), f.one_document))
+        chosen = sampled(units, texts.n_bytes, sample_bytes)
+        tokenizer = Tokenizer.train_bpe((c for unit in chosen for c in iter_chunks(unit)), vocab)
+    write_text_atomic(cached, tokenizer.to_json())
+    return tokenizer
 
 
 def shard_tokenizer(
