@@ -645,3 +645,42 @@ def test_a_second_run_reuses_the_bpe_tokenizer(home: Path, tmp_path: Path) -> No
     second = run(*args)
     assert "as trained on this text before" in " ".join(second.stderr.split())
     assert (home / "tokenizers/t/tokenizer.json").read_text() == tokenizer
+
+
+def test_reading_reports_the_bytes_it_takes_from_disk(tmp_path: Path) -> None:
+    """The progress display hears each pass over the data with its total, and the compressed
+    bytes read, so that a bar can show bytes, rate and ETA."""
+    from gptcli.datasources import progress
+
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl(DOCUMENTS * 50)))
+    heard: list[tuple[str, int]] = []
+
+    class Display:
+        def start(self, label: str, total: int) -> None:
+            heard.append((label, total))
+
+        def advance(self, n_bytes: int) -> None:
+            heard.append(("+", n_bytes))
+
+    with progress.showing(Display()):
+        texts = read_corpus([str(path)])
+        build_corpus(texts, Tokenizer.train_char([CHARS]), 0.1, tmp_path / "cache")
+    size = path.stat().st_size
+    starts = [i for i, (label, _) in enumerate(heard) if label != "+"]
+    assert [heard[i] for i in starts] == [("checking the data", size), ("tokenizing", size)]
+    assert sum(n for label, n in heard[starts[0] + 1 : starts[1]]) == size
+    assert sum(n for label, n in heard[starts[1] + 1 :]) == size
+
+
+def test_finetune_task_text_reads_a_saved_dataset(base_home: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.disable_progress_bars()
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": ["the cat sat on the mat. " * 20] * 10}).save_to_disk(
+        str(saved)
+    )
+    run("finetune", "tiny", f"hf:{saved}", "--task", "text", "--name", "ft", "--max-steps", "1")
+    info = json.loads((base_home / "models/ft/train.json").read_text())
+    assert info["data"]["files"][0]["path"] == f"hf:{saved}"
+    assert info["data"]["files"][0]["documents"] == 10

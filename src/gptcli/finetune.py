@@ -18,6 +18,7 @@ from gptcli.config import TrainConfig
 from gptcli.data import find_text_files
 from gptcli.datasources import find_files
 from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.hf import is_dataset
 from gptcli.datasources.shards import wants_shards
 from gptcli.errors import GptError
 from gptcli.lora import apply_lora
@@ -71,8 +72,14 @@ class FinetuneRequest:
         # directory means its .txt files, and JSONL is a chat or classify set
         if self.task == "text" and wants_shards(self.inputs):
             self.files = [Path(p).expanduser() for p in self.inputs]  # read by the task
+        elif self.task == "text":  # datasets (hf:NAME, save_to_disk directories) stay whole
+            self.files = [
+                f
+                for raw in self.inputs
+                for f in ([Path(raw)] if is_dataset(raw) else find_files([raw]))
+            ]
         else:
-            self.files = (find_files if self.task == "text" else find_text_files)(self.inputs)
+            self.files = find_text_files(self.inputs)
         self.task = self.task or detect_task(self.files)
         task_named(self.task)
 

@@ -123,7 +123,7 @@ def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarra
     if cached.is_file():
         return load_tokens(cached, loaded.tokenizer.vocab_size), int(data.get("val_bytes") or 0)
     files = [f["path"] for f in data.get("files", [])]
-    missing = [f for f in files if not Path(f).is_file()]
+    missing = [f for f in files if not (f.startswith("hf:") or Path(f).exists())]
     if missing:
         raise GptError(
             f"the validation text of {loaded.name} is gone ({missing[0]}): pass --data FILE"

@@ -91,12 +91,12 @@ def find_files(inputs: list[str]) -> list[Path]:
 def find_readers(inputs: list[str], options: ReadOptions | None = None) -> list[Reader]:
     """One reader per input file; a Hugging Face dataset (`hf:...`, or a directory written by
     `save_to_disk`) is one input."""
-    from gptcli.datasources.hf import PREFIX, HFReader, is_saved_dataset
+    from gptcli.datasources.hf import HFReader, is_dataset
 
     options = options or ReadOptions()
     readers: list[Reader] = []
     for raw in inputs:
-        if raw.startswith(PREFIX) or is_saved_dataset(Path(raw).expanduser()):
+        if is_dataset(raw):
             readers.append(HFReader(Path(raw), options))
         else:
             readers.extend(reader_for(path, options) for path in find_files([raw]))

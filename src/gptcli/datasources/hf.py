@@ -29,6 +29,11 @@ def is_saved_dataset(path: Path) -> bool:
     )
 
 
+def is_dataset(raw: str) -> bool:
+    """Whether an input names a Hugging Face dataset (hf:...) or is a saved one."""
+    return raw.startswith(PREFIX) or is_saved_dataset(Path(raw).expanduser())
+
+
 def offline() -> bool:
     return any(
         os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
