@@ -546,7 +546,7 @@ def cached_dataset(cache: Path, repo: str, documents: list[str]) -> None:
     (cache / name).rename(cache / f"{org}___{name}")
 
 
-def test_hugging_face_dataset_by_name_offline(tmp_path: Path) -> None:
+def test_hugging_face_dataset_by_name_offline(home: Path, tmp_path: Path) -> None:
     """Offline, hf:ORG/NAME is read from the datasets cache (not streamed); a name that is not
     there is one line, exit 1, and nothing written."""
     import os
@@ -556,7 +556,6 @@ def test_hugging_face_dataset_by_name_offline(tmp_path: Path) -> None:
     pytest.importorskip("datasets")
     cache = tmp_path / "hf-datasets"
     cached_dataset(cache, "someorg/stories", DOCUMENTS)
-    home = tmp_path / "store"
     env = {
         **os.environ,
         "GPTCLI_HOME": str(home),
@@ -579,7 +578,7 @@ def test_hugging_face_dataset_by_name_offline(tmp_path: Path) -> None:
 
     chars = tmp_path / "chars.txt"
     chars.write_text(CHARS)
-    assert gpt("tokenize", "train", str(chars), "--char", "--name", "c", "-q").returncode == 0
+    run("tokenize", "train", str(chars), "--char", "--name", "c", "-q")  # in `home`
     trained = gpt(
         "train",
         "hf:someorg/stories",
