@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -683,3 +684,26 @@ def test_finetune_task_text_reads_a_saved_dataset(base_home: Path, tmp_path: Pat
     info = json.loads((base_home / "models/ft/train.json").read_text())
     assert info["data"]["files"][0]["path"] == f"hf:{saved}"
     assert info["data"]["files"][0]["documents"] == 10
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "hint"),
+    [
+        ("pyarrow", "a.parquet", 'pip install "gptcli[parquet]"'),
+        ("zstandard", "a.jsonl.zst", 'pip install "gptcli[zstd]"'),
+        ("datasets", "hf:someorg/stories", 'pip install "gptcli[datasets]"'),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, name: str, hint: str
+) -> None:
+    if name == "a.parquet":
+        write_parquet(tmp_path / name, DOCUMENTS)
+    elif name == "a.jsonl.zst":
+        (tmp_path / name).write_bytes(zstd(jsonl(DOCUMENTS)))
+    for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.setitem(sys.modules, module, None)  # import fails, as when not installed
+    source = name if name.startswith("hf:") else str(tmp_path / name)
+    result = run("train", source, "--max-steps", "1", code=1)
+    assert result.stderr.strip().splitlines()[-1].endswith(hint), result.stderr

@@ -57,10 +57,10 @@ class ParquetReader:
     bad: list[str] = field(default_factory=list)
 
     def pieces(self) -> Iterator[str | None]:
+        file = open_parquet(self.path, self.options.text_field)
         import pyarrow as pa
 
         self.skipped = 0
-        file = open_parquet(self.path, self.options.text_field)
         row = 0
         share = self.path.stat().st_size // max(1, file.num_row_groups)
         for group in range(file.num_row_groups):
