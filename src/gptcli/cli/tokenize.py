@@ -105,8 +105,8 @@ def train_cmd(
 @app.command(
     "corpus",
     cls=Command,
-    help="Tokenize training data once into a directory that `gpt train DIR` reads directly "
-    "(token shards, the tokenizer, and corpus.json saying what was read).\n\n"
+    help="Tokenize training data once into a directory that `gpt train DIR` reads directly.\n\n"
+    "The directory holds token shards, the tokenizer, and corpus.json saying what was read.\n\n"
     "Example: gpt tokenize corpus data/*.jsonl.zst -t stories --out prepared/",
 )
 def corpus_cmd(

@@ -38,9 +38,12 @@ from gptcli.errors import GptError
 if TYPE_CHECKING:
     pass
 
-HELP = """Train a GPT from scratch on text: .txt, JSONL (.jsonl, .json: the "text" field of each
-line), Parquet (the "text" column), each compressed or not (.gz, .zst, .bz2, .xz); a directory
-means every such file under it. Each line or row is a document, as is each text file.
+HELP = """Train a GPT from scratch on text, JSONL, Parquet or a dataset (a directory: all of it).
+
+Reads .txt, JSONL (.jsonl, .json: the "text" field of each line), Parquet (the "text" column),
+each compressed or not (.gz, .zst, .bz2, .xz), Hugging Face datasets (hf:ORG/NAME), token
+shards (.bin, with --tokenizer) and corpora made by `gpt tokenize corpus`. Each line or row is a
+document, as is each text file.
 
 Every flag can also come from a TOML file (--config run.toml; keys are the flag names with
 underscores); flags on the command line override it. --print-config shows the result.
