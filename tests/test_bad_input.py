@@ -57,7 +57,7 @@ CASES = [
     (["train", "{blank}"], "empty"),
     (["train", "{latin1}"], "not UTF-8"),
     (["train", "{binary}"], "binary"),
-    (["train", "{dir}"], "no .txt files"),
+    (["train", "{dir}"], "no training data in this directory"),
     (["train", "{text}", "--block-size", HUGE], "block_size"),
     (["train", "{text}", "--vocab-size", HUGE], "--vocab-size"),
     (["train", "{text}", "--batch-size", HUGE], "--batch-size"),

@@ -95,6 +95,7 @@ USAGE_LINES = {
     ("serve",): "gpt serve [OPTIONS]",
     ("tokenize",): "gpt tokenize [OPTIONS] COMMAND [ARGS]...",
     ("tokenize", "train"): "gpt tokenize train [OPTIONS] FILE_OR_DIR...",
+    ("tokenize", "corpus"): "gpt tokenize corpus [OPTIONS] FILE_OR_DIR...",
     ("tokenize", "encode"): "gpt tokenize encode [OPTIONS] [TEXT]",
     ("tokenize", "decode"): "gpt tokenize decode [OPTIONS] [IDS...]",
     ("models",): "gpt models [OPTIONS] COMMAND [ARGS]...",

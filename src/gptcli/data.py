@@ -8,28 +8,33 @@ end-of-text token between them.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from gptcli.datasources import find_files, progress
+from gptcli.datasources.corpus import SourceFile, Texts, read_corpus
+from gptcli.datasources.shards import LLMC_HEADER, ShardSet, check_ids, llmc_header, side_tokens
+from gptcli.datasources.streams import BLOCK_BYTES, iter_blocks
 from gptcli.errors import GptError
 from gptcli.store import atomic_path, read_json, write_json_atomic
 from gptcli.tokenizer import Tokenizer, iter_chunks
 
 CACHE_VERSION = 2
-BLOCK_BYTES = 4 << 20  # read and tokenize this much at a time
+__all__ = ["SourceFile", "Texts", "read_corpus"]  # and what is defined here
 PIECE_CHARS = 1 << 12  # encode_batch gets many short pieces: long ones encode much slower
 
 
 def find_text_files(inputs: list[str]) -> list[Path]:
-    """Files as given; a directory means every `.txt` under it; globs are expanded (sorted)."""
+    """Files as given; a directory means every `.txt` under it; globs are expanded (sorted).
+    (The rule of `gpt finetune` without --task text and of `gpt eval --data`; training reads
+    every supported format, see `gptcli.datasources`.)"""
     files: list[Path] = []
     for raw in inputs:
         path = Path(raw).expanduser()
@@ -38,52 +43,11 @@ def find_text_files(inputs: list[str]) -> list[Path]:
             if not found:
                 raise GptError(f"{path}: no .txt files in this directory")
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        elif path.exists():
-            raise GptError(f"{path}: not a regular file")
-        elif any(ch in raw for ch in "*?["):
-            root = Path(path.anchor) if path.is_absolute() else Path()
-            pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else raw
-            matches = sorted(p for p in root.glob(pattern) if p.is_file())
-            if not matches:
-                raise GptError(f"{raw}: no files match this pattern")
-            files.extend(matches)
         else:
-            raise GptError(f"{path}: no such file or directory")
+            files.extend(find_files([raw]))
     if not files:
         raise GptError("no input files given")
     return files
-
-
-def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
-    """A file's text in blocks, decoded strictly as UTF-8 (binary and non-UTF-8 refused)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
-    first = True
-    try:
-        with open(path, "rb") as f:
-            while True:
-                raw = f.read(block_bytes)
-                if b"\x00" in raw:
-                    raise GptError(f"{path}: looks like a binary file, not text")
-                try:
-                    text = decoder.decode(raw, final=not raw)
-                except UnicodeDecodeError as exc:
-                    raise GptError(
-                        f"{path}: not UTF-8 text (invalid byte at offset {offset + exc.start}); "
-                        "convert it to UTF-8"
-                    ) from None
-                if first and text:
-                    text = text.removeprefix("\ufeff")
-                    first = False
-                if text:
-                    yield text
-                if not raw:
-                    return
-                offset += len(raw)
-    except OSError as exc:
-        raise GptError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def read_text(path: Path) -> str:
@@ -117,47 +81,6 @@ def _lines(path: Path) -> Iterator[str]:
         yield rest
 
 
-@dataclass
-class SourceFile:
-    path: Path
-    n_bytes: int  # UTF-8 bytes of the text (without a BOM)
-    sha256: str
-
-
-@dataclass
-class Texts:
-    """The corpus as checked: files, sizes and hashes; the text itself is streamed on demand."""
-
-    files: list[SourceFile]
-
-    @property
-    def n_bytes(self) -> int:
-        return sum(f.n_bytes for f in self.files)
-
-    def iter_text(self) -> Iterator[str]:
-        for f in self.files:
-            yield from iter_blocks(f.path)
-
-
-def read_corpus(inputs: list[str]) -> Texts:
-    """Finds and checks every input in one streaming pass. Missing, binary, non-UTF-8 or empty
-    inputs are refused before anything is written."""
-    sources = []
-    any_text = False
-    for path in find_text_files(inputs):
-        digest = hashlib.sha256()
-        n_bytes = 0
-        for block in iter_blocks(path):
-            encoded = block.encode()
-            digest.update(encoded)
-            n_bytes += len(encoded)
-            any_text = any_text or bool(block.strip())
-        sources.append(SourceFile(path, n_bytes, digest.hexdigest()))
-    if not any_text:
-        raise GptError("the corpus is empty: " + ", ".join(str(s.path) for s in sources))
-    return Texts(sources)
-
-
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
@@ -175,14 +98,35 @@ def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
 def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str | None]]:
     """Yields (side, text) in order, side "train" or "val"; (side, None) ends a document.
 
-    The cut is at (1 - val_fraction) of the corpus's UTF-8 bytes, on a character boundary.
+    With validation inputs given (--val), they are the "val" side and the corpus the "train"
+    side. Otherwise the cut is at (1 - val_fraction) of the corpus's UTF-8 bytes: on a
+    character boundary inside a plain text file (as it always was), at the nearest document
+    boundary in an input of many documents.
     """
+    if texts.val_files:
+        for side, files in (("train", texts.files), ("val", texts.val_files)):
+            for source in files:
+                for piece in source.pieces():
+                    yield side, piece
+        return
     cut = int(texts.n_bytes * (1.0 - val_fraction))
     seen = 0
     for source in texts.files:
         side = "train" if seen < cut else "val"
-        for block in iter_blocks(source.path):
-            encoded = block.encode()
+        if not source.one_document:
+            for piece in source.pieces():
+                if piece is not None:
+                    size = len(piece.encode())
+                    if side == "train" and seen + size / 2 > cut:
+                        side = "val"  # most of this document lies past the cut
+                    seen += size
+                yield side, piece
+            continue
+        for piece in source.pieces():
+            if piece is None:
+                yield side, None
+                continue
+            encoded = piece.encode()
             if side == "train" and seen + len(encoded) > cut:
                 at = cut - seen
                 while at < len(encoded) and (encoded[at] & 0xC0) == 0x80:
@@ -190,61 +134,88 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
                 if at:
                     yield "train", encoded[:at].decode()
                 side = "val"
-                block = encoded[at:].decode()
+                piece = encoded[at:].decode()
             seen += len(encoded)
-            if block:
-                yield side, block
-        yield side, None
+            if piece:
+                yield side, piece
 
 
 class TokenWriter:
-    """Appends the ids of one side to a file; text is batched so `encode_batch` uses all cores."""
+    """Appends the ids of one side to a file, an end-of-text token between documents.
 
-    def __init__(self, tokenizer: Tokenizer, path: Path) -> None:
+    A document's text is cut into pieces where its pending text passes BLOCK_BYTES and where it
+    ends (the pieces, and so the ids, do not depend on how many documents there are); pieces
+    of many documents are encoded together, so that short documents use every core too.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, path: Path, header: bool = False) -> None:
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.file = open(path, "wb")  # noqa: SIM115
-        self.pending = ""
+        self.header = header  # an llm.c shard header before the ids (written at the end)
+        if header:
+            self.file.write(bytes(LLMC_HEADER))
+        self.pending = ""  # the current document's text not yet cut into pieces
+        self.queue: list[str | None] = []  # pieces to encode; None: an end-of-text token
+        self.queued = 0  # characters in the queue
         self.n_tokens = 0
         self.n_bytes = 0
         self.documents = 0
 
     def add(self, text: str, new_document: bool) -> None:
         if new_document:
-            self.flush()
+            self.cut()
             if self.documents and self.tokenizer.eot_id is not None:
-                self.write_ids([self.tokenizer.eot_id])
+                self.queue.append(None)
             self.documents += 1
         self.n_bytes += len(text.encode())
         self.pending += text
         if len(self.pending) >= BLOCK_BYTES:
             chunks = list(iter_chunks(self.pending, PIECE_CHARS))
             self.pending = chunks.pop()  # its end may not be a safe cut yet
-            self.encode(chunks)
+            self.enqueue(chunks)
 
-    def flush(self) -> None:
+    def cut(self) -> None:
+        """The current document's pending text, cut into pieces and queued."""
         if self.pending:
-            self.encode(list(iter_chunks(self.pending, PIECE_CHARS)))
+            self.enqueue(list(iter_chunks(self.pending, PIECE_CHARS)))
             self.pending = ""
 
-    def encode(self, chunks: list[str]) -> None:
-        for ids in self.tokenizer.encode_batch(chunks):
-            self.write_ids(ids)
+    def enqueue(self, chunks: list[str]) -> None:
+        self.queue.extend(chunks)
+        self.queued += sum(len(c) for c in chunks)
+        if self.queued >= BLOCK_BYTES:
+            self.encode()
 
-    def write_ids(self, ids: list[int]) -> None:
+    def encode(self) -> None:
+        chunks = [c for c in self.queue if c is not None]
+        encoded = iter(self.tokenizer.encode_batch(chunks) if chunks else [])
+        eot = [self.tokenizer.eot_id]
+        ids = [i for c in self.queue for i in (next(encoded) if c is not None else eot)]
+        self.queue, self.queued = [], 0
         np.asarray(ids, dtype=self.dtype).tofile(self.file)
         self.n_tokens += len(ids)
 
     def close(self) -> None:
-        self.flush()
+        self.cut()
+        self.encode()
+        if self.header:
+            self.file.seek(0)
+            self.file.write(llmc_header(self.dtype, self.n_tokens))
         self.file.close()
 
 
 def encode_corpus(
-    texts: Texts, tokenizer: Tokenizer, val_fraction: float, paths: dict[str, Path]
+    texts: Texts,
+    tokenizer: Tokenizer,
+    val_fraction: float,
+    paths: dict[str, Path],
+    header: bool = False,
 ) -> dict[str, int]:
-    """Streams the corpus into one id file per side; returns the UTF-8 bytes of each side."""
-    writers = {side: TokenWriter(tokenizer, path) for side, path in paths.items()}
+    """Streams the corpus into one id file per side (llm.c shards with `header`); returns the
+    UTF-8 bytes of each side."""
+    progress.start("tokenizing", texts.paths)
+    writers = {side: TokenWriter(tokenizer, path, header) for side, path in paths.items()}
     starting = dict.fromkeys(paths, True)  # the next text on this side begins a document
     try:
         for side, text in split_stream(texts, val_fraction):
@@ -264,7 +235,7 @@ class Split:
     """One side of the corpus: ids (a read-only memmap) and the UTF-8 bytes they came from."""
 
     tokens: np.ndarray
-    n_bytes: int
+    n_bytes: int | None  # None: unknown (token shards carry no text)
     path: Path
 
 
@@ -274,16 +245,22 @@ class Corpus:
     val: Split
     files: list[dict]
     key: str
+    text_field: str = "text"
+    source: dict = field(default_factory=dict)  # token shards: {"shards": True, ...}
 
     def describe(self) -> dict:
-        return {
-            "files": self.files,
-            "cache_key": self.key,
-            "train_tokens": len(self.train.tokens),
-            "train_bytes": self.train.n_bytes,
-            "val_tokens": len(self.val.tokens),
-            "val_bytes": self.val.n_bytes,
-        }
+        return (
+            ({"text_field": self.text_field} if self.text_field != "text" else {})
+            | self.source
+            | {
+                "files": self.files,
+                "cache_key": self.key,
+                "train_tokens": len(self.train.tokens),
+                "train_bytes": self.train.n_bytes,
+                "val_tokens": len(self.val.tokens),
+                "val_bytes": self.val.n_bytes,
+            }
+        )
 
 
 def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
@@ -293,17 +270,23 @@ def load_tokens(path: Path, vocab_size: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def corpus_key(
+    texts: Texts, tokenizer: Tokenizer, val_fraction: float
+) -> tuple[str, list[dict[str, Any]]]:
+    """The content key of a tokenized corpus, and the description of its inputs."""
+    described = [f.describe() for f in texts.files]
+    parts: list[Any] = [CACHE_VERSION, tokenizer.digest, val_fraction, [f.key for f in texts.files]]
+    if texts.val_files:  # the split is the inputs given, whatever the fraction
+        described += [f.describe() | {"val": True} for f in texts.val_files]
+        parts[2:] = ["val", [f.key for f in texts.files], [f.key for f in texts.val_files]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32], described
+
+
 def build_corpus(
     texts: Texts, tokenizer: Tokenizer, val_fraction: float, cache_dir: Path
 ) -> Corpus:
     """Splits and tokenizes the corpus into memmaps, reusing the cache when nothing changed."""
-    described = [
-        {"path": str(f.path.resolve()), "bytes": f.n_bytes, "sha256": f.sha256} for f in texts.files
-    ]
-    key_src = json.dumps(
-        [CACHE_VERSION, tokenizer.digest, val_fraction, [d["sha256"] for d in described]]
-    )
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    key, described = corpus_key(texts, tokenizer, val_fraction)
     meta_path = cache_dir / f"{key}.json"
     paths = {side: cache_dir / f"{key}.{side}.bin" for side in ("train", "val")}
     if not (meta_path.is_file() and all(p.is_file() for p in paths.values())):
@@ -319,7 +302,37 @@ def build_corpus(
         )
         for side in ("train", "val")
     }
-    return Corpus(splits["train"], splits["val"], described, key)
+    return Corpus(splits["train"], splits["val"], described, key, texts.options.text_field)
+
+
+def build_shard_corpus(shards: ShardSet, tokenizer: Tokenizer, cache_dir: Path) -> Corpus:
+    """Token shards as a corpus: ids checked against the tokenizer (a prepared corpus was
+    checked when written), each side in place or joined into the cache."""
+    vocab = tokenizer.vocab_size
+    n_bytes: dict[str, int | None] = {"train": None, "val": None}
+    source: dict[str, Any] = {"shards": True}
+    if shards.prepared is not None:
+        assert shards.root is not None
+        key, described = shards.prepared["key"], shards.prepared["files"]
+        n_bytes = shards.prepared["bytes"]
+        source = {"prepared": str(shards.root.resolve()), "documents": shards.prepared["documents"]}
+    else:
+        for shard in shards.train + shards.val:
+            check_ids(shard, vocab)
+        described = shards.describe()
+        parts = [
+            CACHE_VERSION,
+            "shards",
+            tokenizer.digest,
+            [(d["sha256"], d.get("val", False)) for d in described],
+        ]
+        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    splits = {}
+    for side, group in (("train", shards.train), ("val", shards.val)):
+        cache = cache_dir / f"{key}.{side}.bin"
+        tokens, path = side_tokens(group, vocab, cache, token_dtype(vocab))
+        splits[side] = Split(tokens, n_bytes[side], path)
+    return Corpus(splits["train"], splits["val"], described, key, source=source)
 
 
 class Batches:

@@ -51,15 +51,16 @@ class LMScore:
         return math.exp(min(self.loss, 700.0))
 
     @property
-    def bits_per_byte(self) -> float:
-        return self.nll / (self.n_bytes * math.log(2)) if self.n_bytes else float("nan")
+    def bits_per_byte(self) -> float | None:
+        """None where the bytes are unknown (token shards carry no text)."""
+        return self.nll / (self.n_bytes * math.log(2)) if self.n_bytes else None
 
     def __add__(self, other: LMScore) -> LMScore:
         return LMScore(
             self.nll + other.nll, self.tokens + other.tokens, self.n_bytes + other.n_bytes
         )
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return {
             "loss": self.loss,
             "perplexity": self.perplexity,
@@ -183,7 +184,7 @@ class ChoiceScore:
     def accuracy_norm(self) -> float:
         return self.correct_norm / self.examples if self.examples else float("nan")
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
         return {
             "accuracy": self.accuracy,
             "accuracy_norm": self.accuracy_norm,

@@ -16,6 +16,10 @@ import torch
 from gptcli.checkpoint import load_model
 from gptcli.config import TrainConfig
 from gptcli.data import find_text_files
+from gptcli.datasources import find_files
+from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.hf import is_dataset
+from gptcli.datasources.shards import wants_shards
 from gptcli.errors import GptError
 from gptcli.lora import apply_lora
 from gptcli.record import continued
@@ -46,6 +50,8 @@ class FinetuneRequest:
     name: str
     cfg: TrainConfig
     task: str | None = None  # None: from the data (.txt -> text, JSONL -> by its keys)
+    val: list[str] = field(default_factory=list)  # --task text: validation inputs (--val)
+    read: ReadOptions = field(default_factory=ReadOptions)  # --task text: how records are read
     lora_rank: int | None = None
     aux_lm_weight: float = 0.5
     force: bool = False
@@ -62,7 +68,18 @@ class FinetuneRequest:
             raise GptError("--resume is not supported with --lora (adapters are merged when saved)")
         if self.lora_rank is not None and self.lora_rank < 1:
             raise GptError("--lora must be at least 1")
-        self.files = find_text_files(self.inputs)
+        # --task text reads every supported format (a directory: all of them); otherwise a
+        # directory means its .txt files, and JSONL is a chat or classify set
+        if self.task == "text" and wants_shards(self.inputs):
+            self.files = [Path(p).expanduser() for p in self.inputs]  # read by the task
+        elif self.task == "text":  # datasets (hf:NAME, save_to_disk directories) stay whole
+            self.files = [
+                f
+                for raw in self.inputs
+                for f in ([Path(raw)] if is_dataset(raw) else find_files([raw]))
+            ]
+        else:
+            self.files = find_text_files(self.inputs)
         self.task = self.task or detect_task(self.files)
         task_named(self.task)
 
@@ -92,6 +109,8 @@ class FinetuneRequest:
             device=device,
             dist=dist,
             aux_lm_weight=aux_lm_weight,
+            val=self.val,
+            read=self.read,
         )
         data = task_named(self.task).prepare(inputs)
         log(

@@ -142,6 +142,13 @@ def prompt_from(texts: Texts, cfg: TrainConfig) -> str:
     return default_sample_prompt(first[:4096])
 
 
+def prompt_from_tokens(tokens: Any, tokenizer: Tokenizer, cfg: TrainConfig) -> str:
+    """The sample prompt for token shards: --sample-prompt, else the opening words of the ids."""
+    if cfg.sample_prompt is not None:
+        return cfg.sample_prompt
+    return default_sample_prompt(tokenizer.decode(tokens[:256].tolist()))
+
+
 def monitor_for(
     observer: Any,
     run_dir: RunDirectory,

@@ -8,9 +8,11 @@ batches; locking, resuming, checkpoints and the loop are the run's.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,18 +20,23 @@ import torch.distributed as torch_dist
 
 from gptcli.checkpoint import load_model
 from gptcli.config import PRESETS, ModelConfig, TrainConfig
-from gptcli.data import Texts, build_corpus, read_corpus
+from gptcli.data import Corpus, Texts, build_corpus, build_shard_corpus, read_corpus
+from gptcli.datasources import progress
+from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.sample import DEFAULT_SAMPLE, sample_units, sampled
+from gptcli.datasources.shards import ShardSet, find_shards, wants_shards
 from gptcli.errors import GptError
 from gptcli.model import GPT
-from gptcli.monitor import prompt_from
+from gptcli.monitor import prompt_from, prompt_from_tokens
 from gptcli.record import continued
 from gptcli.run import Log, Prepared, check_target, resumed_config
 from gptcli.runtime import Distributed, micro_batch_size
-from gptcli.store import ModelStore
+from gptcli.store import ModelStore, human_bytes, write_text_atomic
 from gptcli.tasks.text import token_batches
 from gptcli.tokenizer import HFTokenizer, Tokenizer, iter_chunks
 
 MAX_VOCAB = 1_000_000
+BPE_CACHE_VERSION = 1  # of the BPE tokenizers kept in the token cache, by the text's key
 
 
 def default_vocab_size(n_bytes: int) -> int:
@@ -44,9 +51,11 @@ def prepare_tokenizer(
     texts: Texts,
     store: ModelStore,
     log: Callable[[str], None],
+    sample_bytes: int = DEFAULT_SAMPLE,
 ) -> Tokenizer:
     """The tokenizer asked for (None or "bpe", "char", or a stored name / path): trained on
-    `texts`, or loaded from the store or a path."""
+    `texts` (BPE on a sample of `sample_bytes` drawn across a larger corpus), or loaded from
+    the store or a path."""
     choice = choice or "bpe"
     if choice not in ("bpe", "char"):
         if vocab_size is not None:
@@ -59,8 +68,55 @@ def prepare_tokenizer(
     vocab = vocab_size or default_vocab_size(texts.n_bytes)
     if not 257 <= vocab <= MAX_VOCAB:
         raise GptError(f"--vocab-size must be between 257 and {MAX_VOCAB:,} for BPE")
-    log(f"training a BPE tokenizer ({vocab} tokens)")
-    return Tokenizer.train_bpe(pieces, vocab)
+    whole = texts.n_bytes <= sample_bytes  # all the text, whatever the sample size
+    parts = [
+        BPE_CACHE_VERSION,
+        vocab,
+        None if whole else sample_bytes,
+        [f.key for f in texts.files],
+    ]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    cached = store.data_dir / f"{key}.tokenizer.json"
+    if cached.is_file():  # trained on this text before (BPE training is deterministic)
+        log(f"BPE tokenizer ({vocab} tokens) as trained on this text before")
+        return Tokenizer.load(cached)
+    progress.start("training the tokenizer", [f.path for f in texts.files])
+    if whole:
+        log(f"training a BPE tokenizer ({vocab} tokens)")
+        tokenizer = Tokenizer.train_bpe(pieces, vocab)
+    else:
+        log(
+            f"training a BPE tokenizer ({vocab} tokens) on a sample of "
+            f"{human_bytes(sample_bytes)} drawn across the {human_bytes(texts.n_bytes)} of text "
+            "(--tokenizer-sample)"
+        )
+        units = (u for f in texts.files for u in sample_units(f.pieces(), f.one_document))
+        chosen = sampled(units, texts.n_bytes, sample_bytes)
+        tokenizer = Tokenizer.train_bpe((c for unit in chosen for c in iter_chunks(unit)), vocab)
+    write_text_atomic(cached, tokenizer.to_json())
+    return tokenizer
+
+
+def shard_tokenizer(
+    choice: str | None, vocab_size: int | None, shards: ShardSet, store: ModelStore
+) -> Tokenizer:
+    """The tokenizer token shards were made with: a prepared corpus's own, else --tokenizer."""
+    if vocab_size is not None:
+        raise GptError("--vocab-size does not apply to token shards: their tokenizer is made")
+    if shards.root is not None:
+        own = Tokenizer.load(shards.root / "tokenizer.json")
+        if (
+            choice not in (None, "bpe")
+            and Tokenizer.load(store.tokenizer_path(choice)).digest != own.digest
+        ):
+            raise GptError(f"{shards.root}: prepared with another tokenizer than {choice!r}")
+        return own
+    if choice in (None, "bpe", "char"):
+        raise GptError(
+            "token shards need --tokenizer NAME|PATH: the tokenizer they were made with "
+            "(for nanoGPT and llm.c shards, GPT-2's tokenizer.json)"
+        )
+    return Tokenizer.load(store.tokenizer_path(choice))
 
 
 @dataclass
@@ -88,6 +144,9 @@ class TrainRequest:
     inputs: list[str]
     name: str
     cfg: TrainConfig
+    val: list[str] = field(default_factory=list)  # validation inputs (--val), else a fraction
+    read: ReadOptions = field(default_factory=ReadOptions)  # --text-field, --skip-bad-lines
+    tokenizer_sample: int = DEFAULT_SAMPLE  # bytes of text a BPE tokenizer is trained on
     preset: str = "auto"
     family: str | None = None  # None: the preset's (modern for new models)
     tokenizer: str | None = None  # None or "bpe": train BPE; "char"; or a stored name / path
@@ -121,7 +180,13 @@ class TrainRequest:
         """Tokenizer -> corpus -> model and batches. With `resume`, the stored model's weights
         and settings continue (the optimizer and RNG states are the run's to restore)."""
         request = self  # replaced below by a copy with the chosen context
-        texts = read_corpus(request.inputs)
+        texts, shards = None, None
+        if wants_shards(request.inputs):
+            shards = find_shards(request.inputs, request.val)
+        else:
+            texts = read_corpus(request.inputs, request.read, request.val, store.data_dir)
+            for warning in texts.warnings:
+                log(warning)
         info: dict[str, Any] = {}
         if request.resume:
             loaded = load_model(store.model_dir(request.name), device)
@@ -129,17 +194,30 @@ class TrainRequest:
             cfg = resumed_config(info.get("train", {}), request.cfg)
         else:
             tokenizer = None
-            if dist.is_main:
+            if shards is not None:
+                tokenizer = shard_tokenizer(request.tokenizer, request.vocab_size, shards, store)
+            elif dist.is_main:
+                assert texts is not None
                 tokenizer = prepare_tokenizer(
-                    request.tokenizer, request.vocab_size, texts, store, log
+                    request.tokenizer,
+                    request.vocab_size,
+                    texts,
+                    store,
+                    log,
+                    request.tokenizer_sample,
                 )
             tokenizer = share_tokenizer(tokenizer, dist, device)
             cfg = request.cfg
-        corpus = None
-        if dist.is_main:
-            corpus = build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+
+        def build() -> Corpus:
+            if shards is not None:
+                return build_shard_corpus(shards, tokenizer, store.data_dir)
+            assert texts is not None
+            return build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+
+        corpus = build() if dist.is_main else None
         dist.barrier()
-        corpus = corpus or build_corpus(texts, tokenizer, cfg.val_fraction, store.data_dir)
+        corpus = corpus or build()
         if request.resume and corpus.key != info.get("data", {}).get("cache_key"):
             raise GptError("the training text differs from the run being resumed")
         n_train = len(corpus.train.tokens)
@@ -189,7 +267,9 @@ class TrainRequest:
             val,
             cfg,
             record,
-            sample_prompt=prompt_from(texts, cfg),
+            sample_prompt=prompt_from(texts, cfg)
+            if texts
+            else prompt_from_tokens(corpus.train.tokens, tokenizer, cfg),
             summary={"params": model.num_params(), "train_tokens": n_train}
             | ({"threads": torch.get_num_threads()} if device.type == "cpu" else {}),
         )

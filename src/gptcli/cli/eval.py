@@ -115,30 +115,64 @@ class EvalProgress:
         return report
 
 
-def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarray, int]:
-    """The validation split recorded at training time: (tokens, UTF-8 bytes of its text)."""
+def validation_tokens(loaded: LoadedModel, store: ModelStore) -> tuple[np.ndarray, int | None]:
+    """The validation split recorded at training time: (tokens, UTF-8 bytes of its text, None
+    where unknown: token shards)."""
     from gptcli.data import build_corpus, load_tokens, read_corpus
 
     data = loaded.info.get("data") or {}
     key = data.get("cache_key")
     if not key:
         raise GptError(f"{loaded.name} has no recorded validation split: pass --data FILE")
+    if data.get("shards") or data.get("prepared"):
+        return shard_validation(loaded, store, data)
     cached = store.data_dir / f"{key}.val.bin"
     if cached.is_file():
-        return load_tokens(cached, loaded.tokenizer.vocab_size), int(data.get("val_bytes", 0))
+        return load_tokens(cached, loaded.tokenizer.vocab_size), int(data.get("val_bytes") or 0)
     files = [f["path"] for f in data.get("files", [])]
-    missing = [f for f in files if not Path(f).is_file()]
+    missing = [f for f in files if not (f.startswith("hf:") or Path(f).exists())]
     if missing:
         raise GptError(
             f"the validation text of {loaded.name} is gone ({missing[0]}): pass --data FILE"
         )
-    corpus = build_corpus(
-        read_corpus(files), loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir
+    from gptcli.datasources.base import ReadOptions
+
+    texts = read_corpus(
+        [f["path"] for f in data.get("files", []) if not f.get("val")],
+        ReadOptions(text_field=data.get("text_field", "text")),
+        [f["path"] for f in data.get("files", []) if f.get("val")],
     )
+    corpus = build_corpus(texts, loaded.tokenizer, data.get("val_fraction", 0.1), store.data_dir)
     if corpus.key != key:
         raise GptError(
             f"the training files of {loaded.name} have changed since it was trained: "
             "pass --data FILE"
+        )
+    return corpus.val.tokens, corpus.val.n_bytes
+
+
+def shard_validation(
+    loaded: LoadedModel, store: ModelStore, data: dict[str, Any]
+) -> tuple[np.ndarray, int | None]:
+    """The validation shards a model was trained with (bytes unknown unless prepared)."""
+    from gptcli.data import build_shard_corpus
+    from gptcli.datasources.shards import find_shards, read_prepared
+
+    try:
+        if data.get("prepared"):
+            shards = read_prepared(Path(data["prepared"]))
+        else:
+            files = data.get("files", [])
+            train = [f["path"] for f in files if not f.get("val")]
+            shards = find_shards(train, [f["path"] for f in files if f.get("val")])
+    except GptError as exc:
+        raise GptError(
+            f"the validation shards of {loaded.name} are gone ({exc}): pass --data FILE"
+        ) from None
+    corpus = build_shard_corpus(shards, loaded.tokenizer, store.data_dir)
+    if corpus.key != data.get("cache_key"):
+        raise GptError(
+            f"the shards of {loaded.name} have changed since it was trained: pass --data FILE"
         )
     return corpus.val.tokens, corpus.val.n_bytes
 
@@ -307,7 +341,11 @@ def evaluate(
                     tokens, text_bytes = validation_tokens(loaded, store)
                     if len(tokens) < 2:
                         raise GptError(f"{name}: the validation split is empty: pass --data FILE")
-                    n_bytes = scored_bytes(loaded.tokenizer, tokens, text_bytes)
+                    n_bytes = (
+                        0  # unknown: bits per byte is reported as unavailable
+                        if text_bytes is None
+                        else scored_bytes(loaded.tokenizer, tokens, text_bytes)
+                    )
                     track = progress.track(f"{name} · validation", "windows")
                     score = score_tokens(loaded.model, tokens, n_bytes, stride, track)
                 result = score.as_dict()
@@ -396,7 +434,9 @@ def print_table(rows: list[dict[str, Any]], task: Task) -> None:
             "model": lambda r: r["model"],
             "loss": lambda r: f"{r['loss']:.4f}",
             "perplexity": lambda r: f"{r['perplexity']:.2f}",
-            "bits/byte": lambda r: f"{r['bits_per_byte']:.4f}",
+            "bits/byte": lambda r: (
+                "unavailable" if r["bits_per_byte"] is None else f"{r['bits_per_byte']:.4f}"
+            ),
             "tokens": lambda r: f"{r['tokens']:,}",
             "bytes": lambda r: f"{r['bytes']:,}",
         }

@@ -21,6 +21,10 @@ from gptcli.cli.trainflags import (
     JsonOut,
     Quiet,
     Resume,
+    SkipBadLines,
+    TextField,
+    Val,
+    read_options,
     train_config,
     train_settings,
     training_flags,
@@ -69,6 +73,9 @@ def finetune(
             "weights (merged when saved).",
         ),
     ] = None,
+    val: Val = None,
+    text_field: TextField = None,
+    skip_bad_lines: SkipBadLines = False,
     aux_lm_weight: Annotated[
         float, typer.Option(help="classify: weight of the language-model loss (0 turns it off).")
     ] = 0.5,
@@ -95,7 +102,12 @@ def finetune(
     cfg = train_config(flags, defaults)
     if name is not None:
         check_name(name)
-    settings = resolved_config(ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs)})
+    settings = resolved_config(
+        ctx,
+        train_settings(cfg) | {"inputs": absolute_inputs(inputs), "val": absolute_inputs(val)},
+    )
+    if task != "text" and (val or text_field or skip_bad_lines):
+        raise GptError("--val, --text-field and --skip-bad-lines go with --task text")
     if print_config_:
         print_config(settings)
         return
@@ -115,6 +127,8 @@ def finetune(
         name=name,
         cfg=cfg,
         task=task,
+        val=val or [],
+        read=read_options(text_field, skip_bad_lines),
         lora_rank=lora,
         aux_lm_weight=aux_lm_weight,
         force=force,

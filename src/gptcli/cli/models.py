@@ -145,6 +145,15 @@ def data_summary(data: dict[str, Any]) -> dict[str, Any]:
     sizes = [f.get("bytes") for f in files if isinstance(f, dict)]
     if sizes and all(isinstance(b, int) for b in sizes):
         summary["bytes"] = sum(sizes)
+    described = [f for f in files if isinstance(f, dict)]
+    if described and data.get("cache_key"):  # text data: its formats and documents
+        summary["formats"] = sorted({f.get("format", "text") for f in described})
+        if "documents" in data:
+            summary["documents"] = data["documents"]
+        elif not data.get("shards"):
+            summary["documents"] = sum(f.get("documents", 1) for f in described)
+    if data.get("prepared"):
+        summary["prepared"] = data["prepared"]
     for key in ("train_tokens", "val_tokens", "train_examples", "val_examples"):
         if key in data:
             summary[key] = data[key]
@@ -374,13 +383,20 @@ def print_summary(row: dict[str, Any]) -> None:
     data = row["data"]
     if data["files"]:
         parts = [f"{data['files']} file{'s' if data['files'] != 1 else ''}"]
+        if data.get("formats"):
+            parts[0] += f" ({', '.join(data['formats'])})"
         if "bytes" in data:
             parts[0] += f", {data['bytes']:,} bytes"
+        if "documents" in data:
+            n = data["documents"]
+            parts[0] += f", {n:,} document{'s' if n != 1 else ''}"
         for key, unit in (("train", "training"), ("val", "validation")):
             for what in ("tokens", "examples"):
                 if f"{key}_{what}" in data:
                     parts.append(f"{data[f'{key}_{what}']:,} {unit} {what}")
         lines.append(("data", "; ".join(parts)))
+        if data.get("prepared"):
+            lines.append(("", f"prepared corpus {data['prepared']}, made from:"))
         lines.extend(("", str(f)) for f in row["data_files"][:5])
         if len(row["data_files"]) > 5:
             lines.append(("", f"... and {len(row['data_files']) - 5} more"))

@@ -9,6 +9,14 @@ import typer
 
 from gptcli.cli.console import err, info, no_color, out, print_json
 from gptcli.cli.options import complete_model_name
+from gptcli.cli.trainflags import (
+    SkipBadLines,
+    TextField,
+    TokenizerSample,
+    Val,
+    read_options,
+    sample_size,
+)
 from gptcli.cli.usage import Command, Group
 from gptcli.errors import GptError
 
@@ -54,7 +62,7 @@ def load_tokenizer(model: str | None, tokenizer: str | None) -> Tokenizer:
 @app.command(
     "train",
     cls=Command,
-    help="Train a tokenizer on text files and store it.\n\n"
+    help="Train a tokenizer on text (any format `gpt train` reads) and store it.\n\n"
     "Example: gpt tokenize train examples/stories --vocab-size 1024 --name stories",
 )
 def train_cmd(
@@ -64,6 +72,8 @@ def train_cmd(
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus).")
     ] = None,
     char: Annotated[bool, typer.Option("--char", help="One token per character.")] = False,
+    tokenizer_sample: TokenizerSample = None,
+    text_field: TextField = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a tokenizer of the same name.")
     ] = False,
@@ -82,13 +92,66 @@ def train_cmd(
         raise GptError("--vocab-size does not apply to --char")
     choice = "char" if char else "bpe"
     log = lambda m: info(m, quiet)  # noqa: E731
-    tok = prepare_tokenizer(choice, vocab_size, read_corpus(inputs), store, log)
+    texts = read_corpus(inputs, read_options(text_field, False))
+    tok = prepare_tokenizer(choice, vocab_size, texts, store, log, sample_size(tokenizer_sample))
     write_text_atomic(target, tok.to_json())
     summary = {"name": name, "kind": tok.kind, "vocab_size": tok.vocab_size, "path": str(target)}
     if json_out:
         print_json(summary)
     else:
         typer.echo(f"saved tokenizer {name}: {tok.kind}, {tok.vocab_size} tokens")
+
+
+@app.command(
+    "corpus",
+    cls=Command,
+    help="Tokenize training data once into a directory that `gpt train DIR` reads directly.\n\n"
+    "The directory holds token shards, the tokenizer, and corpus.json saying what was read.\n\n"
+    "Example: gpt tokenize corpus data/*.jsonl.zst -t stories --out prepared/",
+)
+def corpus_cmd(
+    inputs: Annotated[list[str], typer.Argument(metavar="FILE_OR_DIR...")],
+    out: Annotated[str, typer.Option("--out", metavar="DIR", help="The directory to write.")],
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", "-t", help="A stored tokenizer or a tokenizer.json.")
+    ],
+    val: Val = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Fraction held out for validation, from the end.")
+    ] = 0.1,
+    text_field: TextField = None,
+    skip_bad_lines: SkipBadLines = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a prepared corpus in DIR.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No messages on stderr.")] = False,
+) -> None:
+    from pathlib import Path
+
+    from gptcli.data import read_corpus
+    from gptcli.prepared import write_prepared
+    from gptcli.store import ModelStore
+    from gptcli.tokenizer import Tokenizer
+
+    if not 0.0 <= val_fraction < 1.0:
+        raise GptError("--val-fraction must be in [0, 1)")
+    tok = Tokenizer.load(ModelStore().tokenizer_path(tokenizer))
+    texts = read_corpus(inputs, read_options(text_field, skip_bad_lines), val)
+    for warning in texts.warnings:
+        info(warning, quiet)
+    meta = write_prepared(texts, tok, val_fraction, Path(out).expanduser(), force)
+    summary = {"path": str(Path(out).expanduser().resolve())} | {
+        k: meta[k] for k in ("documents", "bytes", "tokens", "key")
+    }
+    if json_out:
+        print_json(summary)
+    else:
+        tokens = meta["tokens"]
+        typer.echo(
+            f"prepared {out}: {meta['documents']:,} documents, {tokens['train']:,} training "
+            f"and {tokens['val']:,} validation tokens"
+        )
 
 
 @app.command(

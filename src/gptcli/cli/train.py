@@ -22,6 +22,12 @@ from gptcli.cli.trainflags import (
     JsonOut,
     Quiet,
     Resume,
+    SkipBadLines,
+    TextField,
+    TokenizerSample,
+    Val,
+    read_options,
+    sample_size,
     train_config,
     train_settings,
     training_flags,
@@ -32,7 +38,12 @@ from gptcli.errors import GptError
 if TYPE_CHECKING:
     pass
 
-HELP = """Train a GPT from scratch on text files (a directory means every .txt under it).
+HELP = """Train a GPT from scratch on text, JSONL, Parquet or a dataset (a directory: all of it).
+
+Reads .txt, JSONL (.jsonl, .json: the "text" field of each line), Parquet (the "text" column),
+each compressed or not (.gz, .zst, .bz2, .xz), Hugging Face datasets (hf:ORG/NAME), token
+shards (.bin, with --tokenizer) and corpora made by `gpt tokenize corpus`. Each line or row is a
+document, as is each text file.
 
 Every flag can also come from a TOML file (--config run.toml; keys are the flag names with
 underscores); flags on the command line override it. --print-config shows the result.
@@ -107,8 +118,12 @@ def train(
     vocab_size: Annotated[
         int | None, typer.Option(help="BPE vocabulary size (default: suited to the corpus size).")
     ] = None,
+    tokenizer_sample: TokenizerSample = None,
     block_size: BlockSize = None,
     dropout: Dropout = None,
+    val: Val = None,
+    text_field: TextField = None,
+    skip_bad_lines: SkipBadLines = False,
     resume: Resume = False,
     force: Force = False,
     config: ConfigFile = None,
@@ -132,7 +147,9 @@ def train(
     cfg = train_config(flags)
     name = check_name(name) if name is not None else (default_name(inputs) if inputs else None)
     settings = resolved_config(
-        ctx, train_settings(cfg) | {"inputs": absolute_inputs(inputs), "name": name}
+        ctx,
+        train_settings(cfg)
+        | {"inputs": absolute_inputs(inputs), "val": absolute_inputs(val), "name": name},
     )
     chosen = chosen_with_the_shape(preset, flags)
     settings = {k: v for k, v in settings.items() if k not in chosen}
@@ -151,6 +168,9 @@ def train(
         inputs=inputs,
         name=name,
         cfg=cfg,
+        val=val or [],
+        read=read_options(text_field, skip_bad_lines),
+        tokenizer_sample=sample_size(tokenizer_sample),
         preset=preset,
         family=family,
         tokenizer=tokenizer,

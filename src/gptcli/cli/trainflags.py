@@ -14,11 +14,14 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from gptcli.config import TrainConfig, parse_duration
+
+if TYPE_CHECKING:
+    from gptcli.datasources.base import ReadOptions
 
 Command = TypeVar("Command", bound=Callable[..., None])
 
@@ -88,7 +91,8 @@ Inputs = Annotated[
     list[str] | None,
     typer.Argument(
         metavar="FILE_OR_DIR...",
-        help="Text files, directories of .txt files, or globs (or inputs in --config).",
+        help="Data files (.txt, .jsonl, .json, .parquet, compressed or not), directories of "
+        "them, or globs (or inputs in --config).",
         show_default=False,
     ),
 ]
@@ -103,3 +107,54 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print a JSON summary on s
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, samples or messages on stderr.")
 ]
+
+# How the training data is read (`gpt train`, and `gpt finetune --task text`).
+TextField = Annotated[
+    str | None,
+    typer.Option(
+        "--text-field",
+        metavar="NAME",
+        help="The field (JSONL) or column (Parquet) that holds the text (default: text).",
+    ),
+]
+SkipBadLines = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-lines",
+        help="Skip records without the text field (or not JSON) and count them, instead of "
+        "refusing the file.",
+    ),
+]
+Val = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--val",
+        metavar="FILE_OR_DIR",
+        help="Validation data, held out whole (repeatable; default: the last --val-fraction "
+        "of the inputs).",
+    ),
+]
+
+
+def read_options(text_field: str | None, skip_bad_lines: bool) -> ReadOptions:
+    """The readers' options from the flags."""
+    from gptcli.datasources.base import ReadOptions
+
+    return ReadOptions(text_field=text_field or "text", skip_bad_lines=skip_bad_lines)
+
+
+TokenizerSample = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer-sample",
+        metavar="SIZE",
+        help="Train the BPE tokenizer on all the text up to this size, beyond it on a sample "
+        "of this size drawn across the corpus (default: 100MB).",
+    ),
+]
+
+
+def sample_size(text: str | None) -> int:
+    from gptcli.datasources.sample import DEFAULT_SAMPLE, parse_size
+
+    return DEFAULT_SAMPLE if text is None else parse_size(text)

@@ -22,45 +22,100 @@ if TYPE_CHECKING:
 
 
 class TrainProgress:
-    """A rich progress bar on a terminal; one line per evaluation elsewhere."""
+    """A rich progress bar on a terminal; one line per evaluation elsewhere. Before training,
+    a bar of the bytes read in each pass over the data, with its rate and ETA, once a pass has
+    taken DATA_BAR_AFTER seconds (a `datasources.progress` display)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.live = stderr_is_tty() and not quiet
         self.progress: Any = None
+        self.data_bar: Any = None
+        self.pass_start = 0.0
+        self.done = 0
 
     def __enter__(self) -> TrainProgress:
-        if self.live:
+        return self
+
+    def _start_bar(self) -> None:
+        """The training bar, started with the first step (after the data bars)."""
+        if self.progress is not None or not self.live:
+            return
+        self._stop_data_bar()
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]step {task.fields[step]}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self.progress.__enter__()
+        self.task = self.progress.add_task(
+            "train", total=1000, step="0", loss="-", val="-", rate="-"
+        )
+
+    def start(self, label: str, total: int) -> None:
+        """A pass over the data begins (`datasources.progress.Display`)."""
+        import time
+
+        self._stop_data_bar()
+        self.pass_start, self.done, self.label, self.total = time.monotonic(), 0, label, total
+
+    def advance(self, n_bytes: int) -> None:
+        import time
+
+        self.done += n_bytes
+        if not self.live or self.progress is not None:
+            return
+        if self.data_bar is None and time.monotonic() - self.pass_start > DATA_BAR_AFTER:
             from rich.progress import (
                 BarColumn,
+                DownloadColumn,
                 Progress,
                 TextColumn,
-                TimeElapsedColumn,
                 TimeRemainingColumn,
+                TransferSpeedColumn,
             )
 
-            self.progress = Progress(
-                TextColumn("[bold]step {task.fields[step]}"),
+            self.data_bar = Progress(
+                TextColumn(f"[bold]{self.label}"),
                 BarColumn(),
-                TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
-                TextColumn("{task.fields[rate]} tok/s"),
-                TimeElapsedColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
                 console=err,
-                transient=False,
+                transient=True,
             )
-            self.progress.__enter__()
-            self.task = self.progress.add_task(
-                "train", total=1000, step="0", loss="-", val="-", rate="-"
-            )
-        return self
+            self.data_bar.__enter__()
+            self.data_task = self.data_bar.add_task(self.label, total=self.total)
+        if self.data_bar is not None:
+            self.data_bar.update(self.data_task, completed=min(self.done, self.total))
+
+    def _stop_data_bar(self) -> None:
+        if self.data_bar is not None:
+            self.data_bar.__exit__(None, None, None)
+            self.data_bar = None
 
     def __exit__(self, *exc: object) -> None:
+        self._stop_data_bar()
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
     def _show(self, stats: Any) -> None:
+        self._start_bar()
         total = f"/{stats.total_steps}" if stats.total_steps else ""
         val = fmt(stats.val_loss)
         self.progress.update(
@@ -93,9 +148,11 @@ class TrainProgress:
         from rich.text import Text
 
         line = Text.assemble((f"step {step} sample: ", "bold"), (text.replace("\n", " ⏎ "), "cyan"))
+        self._start_bar()
         (self.progress.console if self.live else err).print(line, soft_wrap=True)
 
 
+DATA_BAR_AFTER = 2.0  # seconds of a pass over the data before its bar shows
 MANY_PASSES = 4  # passes over the training tokens from which the summary warns
 
 
@@ -134,7 +191,9 @@ def run_training(job: Job, quiet: bool, json_out: bool) -> None:
 
     main_process = os.environ.get("RANK", "0") == "0"
     quiet = quiet or not main_process
-    with sigterm_as_ctrl_c(), TrainProgress(quiet) as progress:
+    from gptcli.datasources.progress import showing
+
+    with sigterm_as_ctrl_c(), TrainProgress(quiet) as progress, showing(progress):
         summary = execute(job, ModelStore(), progress, lambda m: info(m, quiet))
     if not main_process:
         return

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from gptcli.config import TrainConfig
+from gptcli.datasources.base import ReadOptions
 from gptcli.loop import BatchSource
 from gptcli.model import GPT
 from gptcli.runtime import Distributed
@@ -34,6 +35,8 @@ class TaskInputs:
     device: torch.device
     dist: Distributed
     aux_lm_weight: float = 0.5  # classify: weight of the language-model loss
+    val: list[str] = field(default_factory=list)  # text: validation inputs (--val)
+    read: ReadOptions = field(default_factory=ReadOptions)  # text: --text-field, --skip-bad-lines
 
 
 @dataclass

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from gptcli.config import TrainConfig
-from gptcli.data import Batches, Corpus, build_corpus, read_corpus
+from gptcli.data import Batches, Corpus, build_corpus, build_shard_corpus, read_corpus
+from gptcli.datasources.shards import find_shards, wants_shards
 from gptcli.errors import GptError
-from gptcli.monitor import prompt_from
+from gptcli.monitor import prompt_from, prompt_from_tokens
 from gptcli.runtime import Distributed, micro_batch_size
 from gptcli.tasks.base import TaskData, TaskInputs
 
@@ -45,11 +46,23 @@ def token_batches(
 
 def prepare(inputs: TaskInputs) -> TaskData:
     cfg = inputs.cfg
-    texts = read_corpus([str(f) for f in inputs.files])
-    corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
+    names = [str(f) for f in inputs.files]
+    if wants_shards(names):  # token shards made with the base's tokenizer
+        corpus = build_shard_corpus(
+            find_shards(names, inputs.val), inputs.tokenizer, inputs.cache_dir
+        )
+        texts = None
+    else:
+        texts = read_corpus(names, inputs.read, inputs.val, inputs.cache_dir)
+        corpus = build_corpus(texts, inputs.tokenizer, cfg.val_fraction, inputs.cache_dir)
     if len(corpus.train.tokens) < 2:
         raise GptError("the fine-tuning text is too small (fewer than 2 tokens)")
     block_size = inputs.model.config.block_size
     train, val = token_batches(corpus, cfg, block_size, inputs.device, inputs.dist)
     data = corpus.describe() | {"val_fraction": cfg.val_fraction}
-    return TaskData(train, val, data, sample_prompt=prompt_from(texts, cfg))
+    prompt = (
+        prompt_from(texts, cfg)
+        if texts
+        else prompt_from_tokens(corpus.train.tokens, inputs.tokenizer, cfg)
+    )
+    return TaskData(train, val, data, sample_prompt=prompt)
