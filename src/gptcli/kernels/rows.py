@@ -18,10 +18,9 @@ from collections.abc import Sequence
 
 import torch
 
-from gptcli import kernels
 from gptcli.errors import GptError
 from gptcli.kernels.abi import P, Rows
-from gptcli.kernels.step import NativeDecodeStep, weight_type
+from gptcli.kernels.step import NativeDecodeStep, native_for
 from gptcli.model import GPT, rotary_at
 
 
@@ -42,19 +41,8 @@ class NativeRows:
         """The native step for this model on this cache's rows, or None where torch's path
         must run (not on the CPU, a cache that is not float32, LoRA adapters or other
         wrappers, no native library; as `NativeDecodeStep.for_model`)."""
-        p = next(model.parameters())
-        if (
-            p.device.type != "cpu"
-            or cache.k.dtype != torch.float32
-            or not (cache.k.is_contiguous() and cache.v.is_contiguous())
-            or p.dtype not in (torch.float32, torch.bfloat16)
-        ):
-            return None
-        wtype = weight_type(model)
-        lib = kernels.library() if wtype is not None else None
-        if wtype is None or lib is None:
-            return None
-        return NativeRows(model, cache, wtype, lib)
+        found = native_for(model, cache)
+        return NativeRows(model, cache, *found) if found else None
 
     def __init__(self, model: GPT, cache: CacheLike, wtype: torch.dtype, lib: ctypes.CDLL) -> None:
         self.model, self.cache, self.lib = model, cache, lib

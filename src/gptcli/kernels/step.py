@@ -31,6 +31,23 @@ def matrices(model: GPT) -> list[torch.nn.Module]:
     return out
 
 
+def native_for(model: GPT, cache: KVCache | RowCache) -> tuple[torch.dtype, ctypes.CDLL] | None:
+    """The weight dtype and the loaded library when the native step can run this model on this
+    cache (on the CPU, a contiguous float32 cache, float32 or bfloat16 parameters, plain or int8
+    `Linear`s, a library that built and passed its checks); None where torch's path must run."""
+    p = next(model.parameters())
+    if (
+        p.device.type != "cpu"
+        or cache.k.dtype != torch.float32
+        or not (cache.k.is_contiguous() and cache.v.is_contiguous())
+        or p.dtype not in (torch.float32, torch.bfloat16)
+    ):
+        return None
+    wtype = weight_type(model)
+    lib = kernels.library() if wtype is not None else None
+    return (wtype, lib) if wtype is not None and lib is not None else None
+
+
 def weight_type(model: GPT) -> torch.dtype | None:
     """The dtype the native step reads the model's matrices in, or None if it cannot (LoRA
     adapters or other wrappers, packed weights that no longer match theirs, other dtypes)."""
@@ -67,21 +84,11 @@ class NativeDecodeStep:
     ) -> NativeDecodeStep | None:
         """A native step for this model and a cache of one row (`row` None), or for row `row`
         of a cache of several; None where torch's path must run."""
-        p = next(model.parameters())
         rows = cache.k.size(1)
-        if (
-            (rows != 1 if row is None else not 0 <= row < rows)
-            or p.device.type != "cpu"
-            or cache.k.dtype != torch.float32
-            or not (cache.k.is_contiguous() and cache.v.is_contiguous())
-            or p.dtype not in (torch.float32, torch.bfloat16)
-        ):
+        if rows != 1 if row is None else not 0 <= row < rows:
             return None
-        wtype = weight_type(model)
-        lib = kernels.library() if wtype is not None else None
-        if wtype is None or lib is None:
-            return None
-        return NativeDecodeStep(model, cache, wtype, lib, row or 0)
+        found = native_for(model, cache)
+        return NativeDecodeStep(model, cache, *found, row or 0) if found else None
 
     def __init__(
         self,
