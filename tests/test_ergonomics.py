@@ -307,13 +307,13 @@ def test_model_names_complete_from_the_store(trained_home: Path) -> None:
         result = CliRunner().invoke(app, [], env=env, prog_name="gpt")
         assert result.stdout.split() == ["tiny"], (words, result.output)
     if shutil.which("bash"):  # the shell is detected from the parent process
+        # (a compound command, so that bash stays the parent instead of exec-ing python)
         shown = subprocess.run(
-            ["bash", "-c", f"'{sys.executable}' -m gptcli --show-completion"],
+            ["bash", "-c", f"'{sys.executable}' -m gptcli --show-completion; exit $?"],
             capture_output=True,
             text=True,
-            check=True,
         )
-        assert "_GPT_COMPLETE=complete_bash" in shown.stdout
+        assert "_GPT_COMPLETE=complete_bash" in shown.stdout, (shown.returncode, shown.stderr)
     # completion runs on each Tab: it must not import torch
     probe = (
         "import os, sys; os.environ.update(_GPT_COMPLETE='complete_bash', "
