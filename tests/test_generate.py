@@ -445,3 +445,33 @@ def test_decode_speed_counts_tokens_after_the_first() -> None:
     stats = GenerationStats(prompt_tokens=4, generated_tokens=10, decode_tokens=9)
     stats.prefill_seconds, stats.decode_seconds = 0.5, 3.0
     assert stats.prefill_tokens_per_s == 8 and math.isclose(stats.decode_tokens_per_s, 3.0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+def test_penalties_count_every_generated_token(family: str) -> None:
+    """Greedy decoding under penalties equals a plain loop that recounts the prompt and every
+    generated token before each step: the running counts miss none."""
+    model = prepare_for_inference(tiny_model(family), torch.float32)
+    settings = SamplingSettings(
+        temperature=0, repetition_penalty=1.5, presence_penalty=0.5, frequency_penalty=1.0
+    )
+    prompt = [5, 17, 42, 17]
+    out = list(generate_tokens(model, prompt, 16, settings))
+    ids, want = list(prompt), []
+    vocab = model.config.vocab_size
+    with torch.no_grad():
+        for _ in range(16):
+            logits = model(torch.tensor([ids]))[0][:, -1].float()
+            seen = torch.zeros(1, vocab)
+            seen[0, ids] = 1.0
+            made = torch.zeros(1, vocab)
+            for token in want:
+                made[0, token] += 1.0
+            logits = apply_repetition_penalty(logits, seen, settings.repetition_penalty)
+            logits = apply_presence_frequency_penalties(
+                logits, made, settings.presence_penalty, settings.frequency_penalty
+            )
+            token = int(logits.argmax(-1))
+            want.append(token)
+            ids.append(token)
+    assert out == want
