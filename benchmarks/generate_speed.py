@@ -25,7 +25,9 @@ they wait; see `sleeping_omp_threads`):
 Prefill tok/s = prompt tokens / time to the first new token; decode tok/s = 127 / (time for 128
 new tokens - time for 1) on our side and transformers'; llama-bench's pp32 and tg128. Ratios are
 taken within each run (the machine is shared and noisy) and summarised as min / median / max;
-the load average is printed before and after.
+the load average is printed before and after. The memory limit is printed too: a plain
+streaming read (torch summing 1 GiB of float32 on the same threads, best of 5), against which
+each side's decode rate in GB/s (tok/s x its GGUF file's bytes) says how close it is.
 
 `--eval-model NAME_OR_DIR` also measures what each dtype costs in quality: `gpt eval`'s loss on
 `--eval-text` (default: the last 10% of tinyshakespeare) in float32, the default dtype and int8,
@@ -193,6 +195,20 @@ def find_llama_bench(given: str | None) -> str | None:
     return shutil.which("llama-bench")
 
 
+def read_bandwidth(threads: int, gib: int = 1, tries: int = 5) -> float:
+    """A plain multi-threaded streaming read on this machine, GB/s: torch summing `gib` GiB of
+    float32 on `threads` threads, the best of `tries` (the memory limit a decode step can reach,
+    which reads every weight once a token)."""
+    torch.set_num_threads(threads)
+    data = torch.ones(gib * 2**28)
+    best = 0.0
+    for _ in range(tries):
+        start = time.perf_counter()
+        data.sum()
+        best = max(best, data.numel() * 4 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -332,6 +348,12 @@ def main() -> None:
             f"{str(inference_dtype('auto', torch.device('cpu'))).removeprefix('torch.')}; "
             f"prompt {p} tokens, {n} new, greedy; load average {load()}"
         )
+        sizes = {b.name: b.path.stat().st_size for b in pairs.values()}  # bytes read a token
+        sizes |= {name: sizes[b.name] for name, b in pairs.items()}  # (the same weights)
+        bandwidth = read_bandwidth(threads)
+        print(
+            f"streaming read: {bandwidth:.1f} GB/s (torch sum of 1 GiB float32, {threads} threads)"
+        )
         for side in sides:  # warm-up
             timed(side, prompt, 8)
         names = [s.name for s in sides] + [b.name for b in pairs.values()]
@@ -352,15 +374,25 @@ def main() -> None:
             row = "  ".join(f"{name} {decode[name][-1]:.1f}" for name in names)
             print(f"run {run + 1}: decode tok/s  {row}  (load {load()})", flush=True)
 
-    print(f"\n{'':<17}{'prefill tok/s':>22}{'decode tok/s':>22}{'decode vs llama.cpp':>22}")
+    head = f"{'':<17}{'prefill tok/s':>22}{'decode tok/s':>22}{'decode vs llama.cpp':>22}"
+    print(f"\n{head}{'GB/s read':>11}")
     for name in names:
         pair = pairs.get(name)
         ratio = ""
         if pair is not None:
             ratios = [a / b for a, b in zip(decode[name], decode[pair.name], strict=True)]
             ratio = spread(ratios, 2) + "x"
-        print(f"{name:<17}{spread(prefill[name]):>22}{spread(decode[name]):>22}{ratio:>22}")
+        rate = f"{statistics.median(decode[name]) * sizes[name] / 1e9:.1f}" if name in sizes else ""
+        print(
+            f"{name:<17}{spread(prefill[name]):>22}{spread(decode[name]):>22}{ratio:>22}{rate:>11}"
+        )
     print(f"(min / median / max over {args.runs} runs; ratios within each run; load {load()})")
+    if sizes:
+        print(
+            f"GB/s read = median decode tok/s x the GGUF file's bytes (every weight once a "
+            f"token), against a streaming read of {bandwidth:.1f} GB/s: where llama.cpp's is "
+            f"0.95x of that or more, it is at the memory limit"
+        )
     if "gpt float32" in outputs and "transformers" in outputs:
         same = sum(
             a == b for a, b in zip(outputs["gpt float32"], outputs["transformers"], strict=True)
