@@ -140,7 +140,47 @@ static void gelu(float *y, int64_t n) {
     }
 }
 
-/* -- products of four weight rows with one vector --------------------------------------- */
+/* -- the vector a bfloat16 product takes ----------------------------------------------------
+   The vector a bfloat16 weight multiplies is rounded to bfloat16 first (as torch's bfloat16
+   path rounds it), so each product is exact in float32; `xq` is how the vector is kept. How
+   the products are summed is chosen per CPU when the library is built:
+   - BF16_DOT (-DGPTCLI_BF16_DOT, on AMD CPUs): the CPU's bfloat16 dot product (vdpbf16ps), 32
+     products an instruction, on the vector kept in bfloat16. On Zen 4 it issues as often as
+     a float32 multiply-add and does twice the work.
+   - BF16_SPLIT (other AVX-512 CPUs): 32 weights are loaded as 16 pairs and widened to float32
+     by two instructions (the even ones shifted up, the odd ones masked), then float32
+     multiply-adds take the vector kept in float32, each 32 values as their 16 even ones then
+     their 16 odd ones (`xq_at`). Intel's Sapphire Rapids issues vdpbf16ps at a quarter of
+     the multiply-add's rate, so this sums about 1.7 times the products a cycle.
+   Each way, every kernel below sums a row's products against a token in the same order. */
+#if defined(__AVX512BF16__) && defined(GPTCLI_BF16_DOT)
+#define BF16_DOT 1
+typedef bf16 xq;
+#else
+typedef float xq;
+#ifdef __AVX512F__
+#define BF16_SPLIT 1
+#endif
+#endif
+
+/* where value i of a vector of `cols` values goes in its xq form */
+static inline int64_t xq_at(int64_t i, int64_t cols) {
+#ifdef BF16_SPLIT
+    if (cols % 32 == 0) return (i & ~(int64_t)31) | ((i & 1) << 4) | ((i & 31) >> 1);
+#endif
+    (void)cols;
+    return i;
+}
+
+static inline void put_xq(xq *row, int64_t i, int64_t cols, float v) {
+#ifdef BF16_DOT
+    row[xq_at(i, cols)] = to_bf16(v);
+#else
+    row[xq_at(i, cols)] = from_bf16(to_bf16(v));
+#endif
+}
+
+/* -- products of up to four weight rows with one vector (a decode step's token) ------------ */
 #define ROWS(NAME, W, LOAD)                                                                 \
     static void NAME(const W *w, int64_t k, const float *x, float *out, int64_t count) {   \
         if (count == 4) {                                                                   \
@@ -170,7 +210,7 @@ ROWS(rows_bf16_exact, bf16, from_bf16)
 #ifdef __AVX512F__
 /* float32 and int8 weights, 16 a vector; AVX-512 written out, as the compiler's own
    vectorization of the loops above ran at a sixth of this speed. One accumulator a row, in
-   the order block_f32 sums four tokens, so a token gets the same sums either way. Each row's stream is
+   the order the tiles below sum, so a token gets the same sums either way. Each row's stream is
    prefetched AHEAD bytes ahead: on one core that took int8 from 6.8 to about 10 GB/s. */
 #define AHEAD 4096
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + AHEAD, _MM_HINT_T0)
@@ -220,44 +260,127 @@ static inline __mmask16 tail(int64_t left) {
 #define LOAD_I8(m, p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)))
 ROWS512(rows_f32, float, LOAD_F32)
 ROWS512(rows_i8, int8_t, LOAD_I8)
+
+/* -- tiles: R weight rows (k apart) against T tokens' vectors (k apart) at once ------------
+   Each weight vector loaded serves T tokens and each token's vector R rows, so the products
+   are bound by the multiply-adds rather than by loads. out[t * 4 + r]; k % 32 == 0. Called
+   with constant R and T (4 x 4, 2 x 8; 4 x 1 and 1 x 1 for bfloat16's decode step), which
+   the compiler unrolls into registers. */
+#define TILE static inline __attribute__((always_inline)) void
+TILE tile_f32(const float *w, int64_t k, const float *x, float *out, const int R, const int T,
+              const int fetch) {
+    __m512 a[8][4];
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        __m512 wv[4];
+        for (int r = 0; r < R; r++) {
+            if (fetch) PREFETCH(w + r * k + i);
+            wv[r] = _mm512_loadu_ps(w + r * k + i);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_loadu_ps(x + t * k + i);
+            for (int r = 0; r < R; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+
+#ifdef BF16_DOT
+TILE tile_bf16(const bf16 *w, int64_t k, const bf16 *x, float *out, const int R, const int T) {
+    __m512 a[8][4];
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 32) {
+        __m512bh wv[4];
+        for (int r = 0; r < R; r++) {
+            PREFETCH(w + r * k + i);
+            wv[r] = (__m512bh)_mm512_loadu_si512(w + r * k + i);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + t * k + i);
+            for (int r = 0; r < R; r++) a[t][r] = _mm512_dpbf16_ps(a[t][r], wv[r], xv);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+#else /* BF16_SPLIT */
+TILE tile_bf16(const bf16 *w, int64_t k, const float *x, float *out, const int R, const int T) {
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 a[8][4];
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 32) {
+        __m512 even[4], odd[4];
+        for (int r = 0; r < R; r++) {
+            PREFETCH(w + r * k + i);
+            const __m512i pairs = _mm512_loadu_si512(w + r * k + i);
+            even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+            odd[r] = _mm512_castsi512_ps(_mm512_and_si512(pairs, high));
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512 xe = _mm512_loadu_ps(x + t * k + i), xo = _mm512_loadu_ps(x + t * k + i + 16);
+            for (int r = 0; r < R; r++) {
+                a[t][r] = _mm512_fmadd_ps(even[r], xe, a[t][r]);
+                a[t][r] = _mm512_fmadd_ps(odd[r], xo, a[t][r]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+#endif
+
+/* bfloat16 weights against one token's vector in its xq form */
+static void rows_bf16(const bf16 *w, int64_t k, const xq *x, float *out, int64_t count) {
+    if (k % 32) {
+#ifdef BF16_DOT
+        float plain[k];
+        for (int64_t i = 0; i < k; i++) plain[i] = from_bf16(x[i]);
+        rows_bf16_exact(w, k, plain, out, count);
+#else
+        rows_bf16_exact(w, k, x, out, count);
+#endif
+        return;
+    }
+    int64_t r = 0;
+    for (; r + 4 <= count; r += 4) tile_bf16(w + r * k, k, x, out + r, 4, 1);
+    for (; r < count; r++) tile_bf16(w + r * k, k, x, out + r, 1, 1);
+}
+
+/* T tokens from t (4 or 8) against the four rows from j0 (k % 32 == 0): out[t * 4 + r].
+   wide: int8 rows widened to float32, else NULL. */
+static void tiles(const Model *m, const Matrix *mat, const float *wide, int64_t j0, int64_t k,
+                  const float *x, const xq *xb, int64_t t, int64_t count, float *out) {
+    if (m->wtype == BF16) {
+        const bf16 *w = (const bf16 *)mat->w + j0 * k;
+        const xq *xt = xb + t * k;
+        if (count == 8) {
+            tile_bf16(w, k, xt, out, 2, 8);
+            tile_bf16(w + 2 * k, k, xt, out + 2, 2, 8);
+        } else {
+            tile_bf16(w, k, xt, out, 4, 4);
+        }
+        return;
+    }
+    const float *xt = x + t * k;
+    if (wide) { /* (4 x 4 only; in cache: nothing to fetch) */
+        tile_f32(wide, k, xt, out, 4, 4, 0);
+        return;
+    }
+    const float *w = (const float *)mat->w + j0 * k;
+    if (count == 8) {
+        tile_f32(w, k, xt, out, 2, 8, 1);
+        tile_f32(w + 2 * k, k, xt, out + 2, 2, 8, 1);
+    } else {
+        tile_f32(w, k, xt, out, 4, 4, 1);
+    }
+}
 #else
 ROWS(rows_f32, float, AS_FLOAT)
 ROWS(rows_i8, int8_t, AS_FLOAT)
-#endif
-
-#ifdef __AVX512BF16__
-/* bfloat16 weights against the vector rounded to bfloat16 (xb), 32 products an instruction */
-static void rows_bf16(const bf16 *w, int64_t k, const bf16 *xb, float *out, int64_t count) {
-    if (k % 32) {
-        float x[k];
-        for (int64_t i = 0; i < k; i++) x[i] = from_bf16(xb[i]);
-        rows_bf16_exact(w, k, x, out, count);
-        return;
-    }
-    for (int64_t r = 0; r + 4 <= count; r += 4) {
-        const bf16 *w0 = w + r * k;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t i = 0; i < k; i += 32) {
-            PREFETCH(w0 + i), PREFETCH(w0 + k + i), PREFETCH(w0 + 2 * k + i);
-            PREFETCH(w0 + 3 * k + i);
-            __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i);
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(w0 + i), xv);
-            a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(w0 + k + i), xv);
-            a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(w0 + 2 * k + i), xv);
-            a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(w0 + 3 * k + i), xv);
-        }
-        out[r] = _mm512_reduce_add_ps(a0), out[r + 1] = _mm512_reduce_add_ps(a1);
-        out[r + 2] = _mm512_reduce_add_ps(a2), out[r + 3] = _mm512_reduce_add_ps(a3);
-    }
-    for (int64_t r = count - count % 4; r < count; r++) {
-        const bf16 *wr = w + r * k;
-        __m512 a = _mm512_setzero_ps();
-        for (int64_t i = 0; i < k; i += 32)
-            a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(wr + i),
-                                 (__m512bh)_mm512_loadu_si512(xb + i));
-        out[r] = _mm512_reduce_add_ps(a);
-    }
-}
 #endif
 
 /* -- the team: thread t of n does its share of each loop, then waits for the others ------- */
@@ -298,50 +421,22 @@ static inline void share(const Team *team, int64_t count, int64_t *lo, int64_t *
     *hi = count * (team->t + 1) / team->n;
 }
 
-#ifdef __AVX512F__
-/* four rows against four tokens at once (prefill): each weight vector loaded is used four
-   times, so the products are bound by the multiply-adds rather than by loads; cols % 32 == 0.
-   out[t * 4 + r]. x: float32 rows (f32) or bfloat16 ones (bf16) of `cols` each. */
-static void block_f32(const float *w, int64_t k, const float *x, float *out) {
-    __m512 a[4][4];
-    for (int t = 0; t < 4; t++)
-        for (int r = 0; r < 4; r++) a[t][r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) {
-        __m512 wv[4], xv[4];
-        for (int r = 0; r < 4; r++) wv[r] = _mm512_loadu_ps(w + r * k + i);
-        for (int t = 0; t < 4; t++) xv[t] = _mm512_loadu_ps(x + t * k + i);
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 4; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv[t], a[t][r]);
-    }
-    for (int t = 0; t < 4; t++)
-        for (int r = 0; r < 4; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
-}
-#endif
-#ifdef __AVX512BF16__
-static void block_bf16(const bf16 *w, int64_t k, const bf16 *x, float *out) {
-    __m512 a[4][4];
-    for (int t = 0; t < 4; t++)
-        for (int r = 0; r < 4; r++) a[t][r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 32) {
-        __m512bh wv[4], xv[4];
-        for (int r = 0; r < 4; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * k + i);
-        for (int t = 0; t < 4; t++) xv[t] = (__m512bh)_mm512_loadu_si512(x + t * k + i);
-        for (int t = 0; t < 4; t++)
-            for (int r = 0; r < 4; r++) a[t][r] = _mm512_dpbf16_ps(a[t][r], wv[r], xv[t]);
-    }
-    for (int t = 0; t < 4; t++)
-        for (int r = 0; r < 4; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
-}
-#endif
-
 enum { PLAIN = 0, GELU = 1, RELU2 = 2, ADD = 3 };
+
+/* tokens whose vectors (float32, cols each) stay in cache while the thread's weight rows
+   pass: about 768 KB of them, a multiple of 8. A long prefill reads each weight once for
+   every this many tokens (256 for GPT-2 small's 768 columns, 64 for its 3072). */
+static inline int64_t tokens_at_once(int64_t cols) {
+    int64_t n = (768 * 1024 / 4 / cols) & ~(int64_t)7;
+    return n < 8 ? 8 : n;
+}
 
 /* y[t] = act(W x[t] + b), or y[t] += W x[t] + b (ADD), for the `tokens` rows of x (cols
    each) and y (rows each); called by every thread of the region, which share the weight's
-   rows, so each weight is read from memory once however many tokens there are. xb is x
-   rounded to bfloat16 (bfloat16 weights only). Ends at a barrier. */
+   rows, so each weight is read from memory once for every tokens_at_once tokens. xb is x in
+   its xq form (bfloat16 weights only). Ends at a barrier. */
 static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, int64_t cols,
-                   int64_t tokens, const float *x, const bf16 *xb, float *y, int mode) {
+                   int64_t tokens, const float *x, const xq *xb, float *y, int mode) {
     int64_t lo, hi;
     (void)xb;
     share(team, (rows + 3) / 4, &lo, &hi);
@@ -350,55 +445,56 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
 #ifdef __AVX512F__ /* (where rows_f32 and rows_i8 sum in the same order: the same numbers) */
     if (m->wtype == I8 && tokens > 1) wide = malloc(sizeof(float) * 4 * cols);
 #endif
-    for (int64_t g = lo; g < hi; g++) {
-        int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
-        if (wide)
-            for (int64_t i = 0; i < count * cols; i++)
-                wide[i] = (float)((const int8_t *)mat->w)[j0 * cols + i];
-        for (int64_t t = 0; t < tokens;) {
-            float out[16];
-            int64_t n = 1; /* tokens done by this pass */
+    const int64_t at_once = tokens_at_once(cols);
+    for (int64_t t0 = 0; t0 < tokens; t0 += at_once) {
+        const int64_t t1 = tokens - t0 < at_once ? tokens : t0 + at_once;
+        for (int64_t g = lo; g < hi; g++) {
+            int64_t j0 = g * 4, count = rows - j0 < 4 ? rows - j0 : 4;
+            if (wide)
+                for (int64_t i = 0; i < count * cols; i++)
+                    wide[i] = (float)((const int8_t *)mat->w)[j0 * cols + i];
+            for (int64_t t = t0; t < t1;) {
+                float out[32];
+                int64_t n = 1; /* tokens done by this pass */
 #ifdef __AVX512F__
-            if (count == 4 && tokens - t >= 4 && cols % 32 == 0 && m->wtype != BF16) {
-                const float *w4 = wide ? wide : (const float *)mat->w + j0 * cols;
-                block_f32(w4, cols, x + t * cols, out);
-                n = 4;
-            }
-#endif
-#ifdef __AVX512BF16__
-            if (count == 4 && tokens - t >= 4 && cols % 32 == 0 && m->wtype == BF16) {
-                block_bf16((const bf16 *)mat->w + j0 * cols, cols, xb + t * cols, out);
-                n = 4;
-            }
-#endif
-            const float *xt = x + t * cols;
-            if (n == 4)
-                ;
-            else if (wide)
-                rows_f32(wide, cols, xt, out, count);
-            else if (m->wtype == F32)
-                rows_f32((const float *)mat->w + j0 * cols, cols, xt, out, count);
-            else if (m->wtype == I8)
-                rows_i8((const int8_t *)mat->w + j0 * cols, cols, xt, out, count);
-            else
-#ifdef __AVX512BF16__
-                rows_bf16((const bf16 *)mat->w + j0 * cols, cols, xb + t * cols, out, count);
-#else
-                rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, xt, out, count);
-#endif
-            for (int64_t u = 0; u < n; u++) {
-                float *yt = y + (t + u) * rows;
-                for (int64_t r = 0; r < count; r++) {
-                    int64_t j = j0 + r;
-                    float v = out[u * 4 + r];
-                    if (mat->scale) v *= mat->scale[j];
-                    if (mat->bias) v += param(mat->bias, j, m->ptype);
-                    if (mode == RELU2) v = v > 0 ? v * v : 0;
-                    if (mode == ADD) yt[j] += v;
-                    else yt[j] = v;
+                if (count == 4 && cols % 32 == 0 && t1 - t >= 4) {
+                    /* 2 x 8 tiles for a batch's decode step (8 rows' tokens, each weight read
+                       once for all), 4 x 4 for longer passes and widened int8 rows, where
+                       each tile reads the tokens again from cache and 2 x 8 reads them twice
+                       as often (measured: prefill 8 x 32 and int8 slower with 2 x 8). */
+                    n = t1 - t >= 8 && tokens <= 8 && !wide ? 8 : 4;
+                    tiles(m, mat, wide, j0, cols, x, xb, t, n, out);
                 }
+#endif
+                const float *xt = x + t * cols;
+                if (n > 1)
+                    ;
+                else if (wide)
+                    rows_f32(wide, cols, xt, out, count);
+                else if (m->wtype == F32)
+                    rows_f32((const float *)mat->w + j0 * cols, cols, xt, out, count);
+                else if (m->wtype == I8)
+                    rows_i8((const int8_t *)mat->w + j0 * cols, cols, xt, out, count);
+                else
+#ifdef __AVX512F__
+                    rows_bf16((const bf16 *)mat->w + j0 * cols, cols, xb + t * cols, out, count);
+#else
+                    rows_bf16_exact((const bf16 *)mat->w + j0 * cols, cols, xt, out, count);
+#endif
+                for (int64_t u = 0; u < n; u++) {
+                    float *yt = y + (t + u) * rows;
+                    for (int64_t r = 0; r < count; r++) {
+                        int64_t j = j0 + r;
+                        float v = out[u * 4 + r];
+                        if (mat->scale) v *= mat->scale[j];
+                        if (mat->bias) v += param(mat->bias, j, m->ptype);
+                        if (mode == RELU2) v = v > 0 ? v * v : 0;
+                        if (mode == ADD) yt[j] += v;
+                        else yt[j] = v;
+                    }
+                }
+                t += n;
             }
-            t += n;
         }
     }
     free(wide);
@@ -411,9 +507,9 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
 }
 
 /* y = norm(x) over n values: LayerNorm with gain and bias (gpt2), else RMSNorm with an
-   optional gain; xb (if not NULL) gets y rounded to bfloat16. */
+   optional gain; xb (if not NULL) gets y in its xq form. */
 static void norm(const Model *m, const float *x, const void *gain, const void *bias, int64_t n,
-                 float *y, bf16 *xb) {
+                 float *y, xq *xb) {
     float mean = 0, var = 0;
     if (m->family == GPT2) {
         for (int64_t i = 0; i < n; i++) mean += x[i];
@@ -426,18 +522,19 @@ static void norm(const Model *m, const float *x, const void *gain, const void *b
         if (gain) v *= param(gain, i, m->ptype);
         if (bias) v += param(bias, i, m->ptype);
         y[i] = v;
-        if (xb) xb[i] = to_bf16(v);
+        if (xb) put_xq(xb, i, n, v);
     }
 }
 
-static void round_bf16(const float *x, bf16 *xb, int64_t n) {
-    for (int64_t i = 0; i < n; i++) xb[i] = to_bf16(x[i]);
+/* values [from, from + n) of a vector of `cols` (x holds them) into its xq form, row */
+static void put_xq_range(const float *x, xq *row, int64_t from, int64_t n, int64_t cols) {
+    for (int64_t i = 0; i < n; i++) put_xq(row, from + i, cols, x[i]);
 }
 
 /* norm of each of x's `tokens` rows (C each) into h and xb, shared by the threads; ends at a
    barrier */
 static void norm_rows(Team *team, const Model *m, const float *x, const void *gain,
-                      const void *bias, int64_t tokens, float *h, bf16 *xb) {
+                      const void *bias, int64_t tokens, float *h, xq *xb) {
     int64_t lo, hi, C = m->n_embd;
     share(team, tokens, &lo, &hi);
     for (int64_t t = lo; t < hi; t++) norm(m, x + t * C, gain, bias, C, h + t * C, xb + t * C);
@@ -456,7 +553,7 @@ int gptcli_forward_rows(const Model *m, const Rows *rows, const int64_t *ids,
     for (int64_t b = 0; b < B; b++) T += rows->count[b];
     if (threads < 1) threads = 1;
     float *buf = malloc(sizeof(float) * (T * (C + C + 3 * C + C + F) + threads * L));
-    bf16 *xb = malloc(sizeof(bf16) * T * F);
+    xq *xb = malloc(sizeof(xq) * T * F);
     int64_t *at = malloc(sizeof(int64_t) * (2 * T + B)); /* each token's position, its row's
                                                             cache offset; each row's last */
     if (!buf || !xb || !at) {
@@ -539,15 +636,15 @@ int gptcli_forward_rows(const Model *m, const Rows *rows, const int64_t *ids,
 #pragma omp simd
                     for (int64_t i = 0; i < D; i++) out[i] += p * vj[i];
                 }
-                if (m->wtype == BF16) round_bf16(out, xb + t * C + hd * D, D);
+                if (m->wtype == BF16) put_xq_range(out, xb + t * C, hd * D, D, C);
             }
             wait_all(&team);
             matvec(&team, m, &ly->proj, C, C, T, att, xb, x, ADD);
             norm_rows(&team, m, x, ly->ln2_w, ly->ln2_b, T, h, xb);
             matvec(&team, m, &ly->fc, F, C, T, h, xb, f, m->family == GPT2 ? GELU : RELU2);
             if (m->wtype == BF16) {
-                share(&team, T * F, &lo, &hi);
-                round_bf16(f + lo, xb + lo, hi - lo);
+                share(&team, T * F, &lo, &hi); /* (rows of F values: F % 32 == 0 or not) */
+                for (int64_t i = lo; i < hi; i++) put_xq(xb + i / F * F, i % F, F, f[i]);
                 wait_all(&team);
             }
             matvec(&team, m, &ly->mlp_proj, C, F, T, f, xb, x, ADD);
