@@ -11,6 +11,7 @@ import torch
 from test_model import tiny_model
 
 from gptcli import kernels
+from gptcli.config import ModelConfig
 from gptcli.errors import GptError
 from gptcli.inference.generate import decode, generate_tokens
 from gptcli.inference.precision import prepare_for_inference
@@ -18,6 +19,7 @@ from gptcli.inference.sequence import Sequence
 from gptcli.kernels.rows import NativeRows
 from gptcli.kernels.step import NativeDecodeStep
 from gptcli.lora import apply_lora
+from gptcli.model import GPT
 from gptcli.sample import SamplingSettings
 
 pytestmark = pytest.mark.skipif(
@@ -91,6 +93,30 @@ def run_schedule(family: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
 def test_rows_together_equal_rows_alone(family: str, dtype: torch.dtype) -> None:
     run_schedule(family, dtype)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "modern"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_a_long_pass_equals_rows_alone(family: str, dtype: torch.dtype) -> None:
+    # 6 prompts of about 20 tokens in one pass, 3072 columns into the MLP's projection: more
+    # tokens than the kernel keeps in cache at once there (64), so those weights pass twice,
+    # through tiles of 8 and 4 tokens and the one-token rows
+    torch.manual_seed(0)
+    config = ModelConfig(
+        family=family, vocab_size=300, block_size=CONTEXT, n_layer=1, n_head=4, n_embd=768
+    )
+    model = prepare_for_inference(GPT(config).eval(), dtype)
+    cache = model.new_cache(SLOTS, CONTEXT)
+    native = NativeRows.for_model(model, cache)
+    assert native is not None
+    rows = [Alone(model, seed=20 + slot) for slot in range(SLOTS)]
+    with torch.inference_mode():
+        fed = [alone.feed(20 - slot % 2) for slot, alone in enumerate(rows)]
+        got = native(list(range(SLOTS)), [p for p, _, _ in fed], [ids for _, ids, _ in fed])
+        assert torch.equal(got, torch.stack([logits[0] for _, _, logits in fed]))
+        then = [alone.feed(1) for alone in rows]  # and a decode step after it
+        got = native(list(range(SLOTS)), [p for p, _, _ in then], [ids for _, ids, _ in then])
+        assert torch.equal(got, torch.stack([logits[0] for _, _, logits in then]))
 
 
 @pytest.mark.parametrize("family", ["gpt2", "modern"])
