@@ -100,6 +100,26 @@ def test_together_or_alone_the_tokens_of_generate(tok: Tokenizer, family: str) -
         engine.stop()
 
 
+def test_requests_arriving_together_are_prefilled_in_one_pass(tok: Tokenizer) -> None:
+    """Clients that start together reach the engine milliseconds apart: an idle engine waits
+    for the rest of the burst, so none of them waits for another's pass to end."""
+    model = tiny(tok, "gpt2")
+    engine = BatchEngine(model, tok, max_batch=4).start()
+    greedy = SamplingSettings(temperature=0)
+    try:
+        sinks = [Collector() for _ in range(4)]
+        for i, sink in enumerate(sinks):
+            engine.submit(Request(tok.encode("hello"[: i + 1]), 5, greedy, 0, sink))
+            threading.Event().wait(0.004)
+        assert all(s.done.wait(60) and not s.errors for s in sinks)
+        assert engine.joins == 1
+        alone = Collector()  # one request alone joins as soon as no other follows it
+        engine.submit(Request(tok.encode("hello"), 5, greedy, 0, alone))
+        assert alone.done.wait(60) and engine.joins == 2
+    finally:
+        engine.stop()
+
+
 def test_stops_lengths_choices_and_cancel(tok: Tokenizer) -> None:
     model = tiny(tok, "gpt2")
     engine = BatchEngine(model, tok, max_batch=3, max_queue=1).start()

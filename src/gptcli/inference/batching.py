@@ -196,6 +196,8 @@ class Choice(Sequence):
             self.request.sink(replace(done, stop_token=stop_token))
 
 
+GATHER_GAP_S = 0.015  # an idle engine's wait for the next request of a burst (_gather)
+GATHER_MAX_S = 0.06  # and its longest wait for the whole burst
 PREFILL_TOKENS = 2048  # prompt tokens in one native prefill pass (its buffers grow with them)
 
 
@@ -221,6 +223,7 @@ class BatchEngine:
         self.stopping = False
         self.steps = 0  # decode steps run (one forward pass each)
         self.native_steps = 0  # of which through the native CPU step
+        self.joins = 0  # passes that prefilled requests joining the batch
         self._rows: list[NativeRows | None] = []  # the native step on every slot, once made
         self.thread = threading.Thread(target=self._run, name="gpt-batch-engine", daemon=True)
 
@@ -263,6 +266,8 @@ class BatchEngine:
                         self.lock.wait()
                     if self.stopping:
                         break
+                    if not self.active:
+                        self._gather()
                     joining = self._admit()
                 try:
                     if joining:
@@ -277,6 +282,22 @@ class BatchEngine:
                     message = f"generation failed: {type(exc).__name__}: {exc}"
                     self._fail_all(message, joining)
         self._fail_all("the server is shutting down")
+
+    def _gather(self) -> None:
+        """An idle engine waits, briefly, for the rest of a burst before its first pass: clients
+        that start together reach it some milliseconds apart, and those a pass misses wait for
+        it to end. It waits while requests keep coming (each within GATHER_GAP_S of the last),
+        at most GATHER_MAX_S, and not once the slots are spoken for (called under the lock)."""
+        deadline = time.monotonic() + GATHER_MAX_S
+        seen = len(self.waiting)
+        while not self.stopping and sum(r.n for r in self.waiting) < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.lock.wait(min(left, GATHER_GAP_S))
+            if len(self.waiting) == seen:  # a gap with no arrival: the burst is over
+                break
+            seen = len(self.waiting)
 
     def _admit(self) -> list[Request]:
         """Requests that fit in the free slots, in arrival order (called under the lock)."""
@@ -330,6 +351,7 @@ class BatchEngine:
         requests = [r for r in requests if self._known_tokens(r)]
         if not requests:
             return
+        self.joins += 1
         windows = [r.prompt[-self.context :] for r in requests]  # the newest, as gpt generate
         slots = self._free_slots()
         firsts, at = [], 0  # each request's first slot
