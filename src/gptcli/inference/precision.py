@@ -80,6 +80,7 @@ def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
     """
     import torch
 
+    from gptcli.inference import hugepages
     from gptcli.inference.packing import pack_weights
 
     model.eval()
@@ -87,7 +88,9 @@ def prepare_for_inference(model: GPT, dtype: torch.dtype) -> GPT:
     weights = int8_activations(device) if dtype == torch.int8 else dtype
     if next(model.parameters()).dtype != weights:
         model.cast_weights(weights)
+    hugepages.move_weights(model)
     pack_weights(model, packing_for(dtype, device), weights)
+    hugepages.move_packed(model)
     return model
 
 
