@@ -10,7 +10,8 @@ PATH or given with `--llama-server`; built from the vendored llama.cpp source as
 README's benchmark notes say), with its own OpenMP defaults. For each level of concurrent
 clients, each client streams one request of `--tokens` tokens: the same 32-token prompt ids on
 both sides (a different one per client), greedy, end-of-text ignored so that every stream gets
-all its tokens; all the clients of a round start together.
+all its tokens; all the clients of a round start together. Each client is an HTTP client made
+before its first round and kept (with its connection, as a chat UI or SDK client keeps one).
 
 - aggregate tok/s = all tokens received / (last stream's end - the round's start);
 - time to first token = from the round's start to a stream's first token, median over streams;
@@ -113,13 +114,15 @@ def start_llama_server(
     raise SystemExit("llama-server did not become ready in 60 s")
 
 
-def stream(url: str, prompt: Prompt, tokens: int, start: float, out: dict) -> None:
+def stream(
+    client: httpx.Client, url: str, prompt: Prompt, tokens: int, start: float, out: dict
+) -> None:
     """One greedy request to `gpt serve`'s /v1/completions, the prompt as text."""
     body = {"prompt": prompt.text, "max_tokens": tokens, "stream": True, "temperature": 0}
     body |= {"ignore_eos": True, "stream_options": {"include_usage": True}}
     first = None
     received = 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=600) as response:
+    with client.stream("POST", url + "/v1/completions", json=body, timeout=600) as response:
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -131,14 +134,16 @@ def stream(url: str, prompt: Prompt, tokens: int, start: float, out: dict) -> No
     out.update(first=first, end=time.perf_counter() - start, tokens=received)
 
 
-def stream_llama(url: str, prompt: Prompt, tokens: int, start: float, out: dict) -> None:
+def stream_llama(
+    client: httpx.Client, url: str, prompt: Prompt, tokens: int, start: float, out: dict
+) -> None:
     """The same request to llama-server's own /completion, the prompt as the same token ids
     (its tokenizer is not asked)."""
     body = {"prompt": prompt.ids, "n_predict": tokens, "stream": True, "temperature": 0}
     body |= {"ignore_eos": True, "cache_prompt": False}
     first = None
     received = 0
-    with httpx.stream("POST", url + "/completion", json=body, timeout=600) as response:
+    with client.stream("POST", url + "/completion", json=body, timeout=600) as response:
         for line in response.iter_lines():
             if not line.startswith("data: "):
                 continue
@@ -152,9 +157,13 @@ def stream_llama(url: str, prompt: Prompt, tokens: int, start: float, out: dict)
 
 def round_of(target: Target, prompts: list[Prompt], tokens: int) -> dict[str, float]:
     results: list[dict] = [{} for _ in prompts]
+    while len(target.clients) < len(prompts):  # one client each, kept (as a chat UI keeps its)
+        target.clients.append(httpx.Client())
     start = time.perf_counter()
     threads = [
-        threading.Thread(target=target.stream, args=(target.url, p, tokens, start, results[i]))
+        threading.Thread(
+            target=target.stream, args=(target.clients[i], target.url, p, tokens, start, results[i])
+        )
         for i, p in enumerate(prompts)
     ]
     for t in threads:
@@ -177,8 +186,11 @@ class Target:
 
     def __init__(self, name: str, proc: subprocess.Popen, url: str, stream) -> None:  # type: ignore[no-untyped-def]
         self.name, self.proc, self.url, self.stream = name, proc, url, stream
+        self.clients: list[httpx.Client] = []
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=60)
