@@ -9,6 +9,7 @@ end-of-text token between them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
         if not source.one_document:
             for piece in source.pieces():
                 if piece is not None:
-                    size = len(piece.encode())
+                    size = utf8_size(piece)
                     if side == "train" and seen + size / 2 > cut:
                         side = "val"  # most of this document lies past the cut
                     seen += size
@@ -138,6 +139,11 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
             seen += len(encoded)
             if piece:
                 yield side, piece
+
+
+def utf8_size(text: str) -> int:
+    """UTF-8 bytes of a text (ASCII text, the common case, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 class TokenWriter:
@@ -168,8 +174,8 @@ class TokenWriter:
             if self.documents and self.tokenizer.eot_id is not None:
                 self.queue.append(None)
             self.documents += 1
-        self.n_bytes += len(text.encode())
-        self.pending += text
+        self.n_bytes += utf8_size(text)
+        self.pending = self.pending + text if self.pending else text
         if len(self.pending) >= BLOCK_BYTES:
             chunks = list(iter_chunks(self.pending, PIECE_CHARS))
             self.pending = chunks.pop()  # its end may not be a safe cut yet
@@ -177,9 +183,14 @@ class TokenWriter:
 
     def cut(self) -> None:
         """The current document's pending text, cut into pieces and queued."""
-        if self.pending:
+        if len(self.pending) > PIECE_CHARS:
             self.enqueue(list(iter_chunks(self.pending, PIECE_CHARS)))
-            self.pending = ""
+        elif self.pending:  # a short document: one piece, as iter_chunks would give it
+            self.queue.append(self.pending)
+            self.queued += len(self.pending)
+            if self.queued >= BLOCK_BYTES:
+                self.encode()
+        self.pending = ""
 
     def enqueue(self, chunks: list[str]) -> None:
         self.queue.extend(chunks)
@@ -189,12 +200,15 @@ class TokenWriter:
 
     def encode(self) -> None:
         chunks = [c for c in self.queue if c is not None]
-        encoded = iter(self.tokenizer.encode_batch(chunks) if chunks else [])
-        eot = [self.tokenizer.eot_id]
-        ids = [i for c in self.queue for i in (next(encoded) if c is not None else eot)]
+        parts = self.tokenizer.encode_batch(chunks) if chunks else []
+        if len(chunks) < len(self.queue):  # end-of-text tokens between documents
+            encoded, eot = iter(parts), [self.tokenizer.eot_id]
+            parts = [next(encoded) if c is not None else eot for c in self.queue]
         self.queue, self.queued = [], 0
-        np.asarray(ids, dtype=self.dtype).tofile(self.file)
-        self.n_tokens += len(ids)
+        count = sum(map(len, parts))
+        ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=self.dtype, count=count)
+        ids.tofile(self.file)
+        self.n_tokens += count
 
     def close(self) -> None:
         self.cut()
