@@ -204,6 +204,17 @@ def test_a_text_file_of_json_lines_is_text_with_a_warning(home: Path, tmp_path: 
     assert f"warning: {path}: its lines are JSON objects" in said and ".jsonl" in said
 
 
+def test_finetune_task_text_warns_as_train_does(base_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "records.txt"
+    path.write_bytes(jsonl(["the cat sat on the mat. " * 20] * 10))
+    result = run(
+        "finetune", "tiny", str(path), "--task", "text", "--name", "ft", "--max-steps", "1"
+    )
+    said = " ".join(result.stderr.split())
+    assert said.count("its lines are JSON objects") == 1
+    assert f"warning: {path}: its lines are JSON objects" in said and ".jsonl" in said
+
+
 def test_skip_bad_lines_counts_them(home: Path, tmp_path: Path) -> None:
     path = tmp_path / "some-bad.jsonl"
     good = jsonl(DOCUMENTS[:5]).decode()
