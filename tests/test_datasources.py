@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import random
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from conftest import TINY, run, snapshot
 
 from gptcli.data import build_corpus, read_corpus
 from gptcli.datasources.base import ReadOptions
-from gptcli.tokenizer import EOT, Tokenizer
+from gptcli.tokenizer import EOT, Tokenizer, iter_chunks
 
 DOCUMENTS = [
     "Once upon a time there was a cat.\nIt sat on the mat.",
@@ -93,6 +94,39 @@ def test_each_format_gives_the_tokens_of_a_directory_of_text_files(
     train = expected[0]
     assert train.count(tokenizer.eot_id) == sum(1 for d in DOCUMENTS if d) - 1
     assert tokenizer.decode(train) == EOT.join(d for d in DOCUMENTS if d)
+
+
+LINES = [
+    "It's a line, ending in a word.",
+    "trailing spaces   ",
+    "  indented, after a line of spaces",
+    "windows line\r",
+    "tabs\tand 42 numbers, 3.14!",
+    "Ünïcödé and 漢字 lines; \u00a0nbsp",
+    "",
+    "'quoted' (brackets) [and] {braces} -> arrows",
+]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_long_documents_cut_shorter_keep_their_ids(tmp_path: Path, kind: str) -> None:
+    """Long documents are encoded in pieces of about 1,000 characters, cut only at line ends
+    that no token crosses: the ids are those of the pieces of 4,096 characters they had."""
+    pick = random.Random(0).choice  # cut points fall after lines of every kind
+    documents = ["\n".join(pick(LINES) for _ in range(600)) for _ in range(3)]
+    text = "\n".join(documents)
+    tokenizer = Tokenizer.train_bpe([text], 1000) if kind == "bpe" else Tokenizer.train_char([text])
+    expected: list[int] = []
+    for n, document in enumerate(documents):
+        pieces = tokenizer.encode_batch(list(iter_chunks(document, 4096)))
+        expected += ([tokenizer.eot_id] if n else []) + [i for piece in pieces for i in piece]
+    val = tmp_path / "val.txt"
+    val.write_text("held out")
+    (tmp_path / "a.jsonl").write_bytes(jsonl(documents))
+    for n, inputs in enumerate([[txt_dir(tmp_path / "txt", documents)], [tmp_path / "a.jsonl"]]):
+        texts = read_corpus([str(p) for p in inputs], val=[str(val)])
+        corpus = build_corpus(texts, tokenizer, 0.1, tmp_path / f"cache{n}")
+        assert corpus.train.tokens.tolist() == expected
 
 
 def test_compressed_text_and_mixed_directories(tmp_path: Path) -> None:
@@ -201,6 +235,17 @@ def test_a_text_file_of_json_lines_is_text_with_a_warning(home: Path, tmp_path: 
     path.write_bytes(jsonl(DOCUMENTS))
     result = run("train", str(path), "--tokenizer", "char", "--max-steps", "1", "--preset", "tiny")
     said = " ".join(result.stderr.split())  # as one line, however the terminal wraps it
+    assert f"warning: {path}: its lines are JSON objects" in said and ".jsonl" in said
+
+
+def test_finetune_task_text_warns_as_train_does(base_home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "records.txt"
+    path.write_bytes(jsonl(["the cat sat on the mat. " * 20] * 10))
+    result = run(
+        "finetune", "tiny", str(path), "--task", "text", "--name", "ft", "--max-steps", "1"
+    )
+    said = " ".join(result.stderr.split())
+    assert said.count("its lines are JSON objects") == 1
     assert f"warning: {path}: its lines are JSON objects" in said and ".jsonl" in said
 
 

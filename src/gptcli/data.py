@@ -9,7 +9,9 @@ end-of-text token between them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,8 @@ from gptcli.tokenizer import Tokenizer, iter_chunks
 CACHE_VERSION = 2
 __all__ = ["SourceFile", "Texts", "read_corpus"]  # and what is defined here
 PIECE_CHARS = 1 << 12  # encode_batch gets many short pieces: long ones encode much slower
+SHORT_PIECE_CHARS = 1 << 10  # shorter still where the tokenizer allows (faster to encode)
+LINE_CUT = re.compile(r"(?<=[!-~])\n(?=[!-~])")  # a line end between two ASCII non-spaces
 
 
 def find_text_files(inputs: list[str]) -> list[Path]:
@@ -116,7 +120,7 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
         if not source.one_document:
             for piece in source.pieces():
                 if piece is not None:
-                    size = len(piece.encode())
+                    size = utf8_size(piece)
                     if side == "train" and seen + size / 2 > cut:
                         side = "val"  # most of this document lies past the cut
                     seen += size
@@ -140,6 +144,41 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
                 yield side, piece
 
 
+def utf8_size(text: str) -> int:
+    """UTF-8 bytes of a text (ASCII text, the common case, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def cuts_lines(tokenizer: Tokenizer) -> bool:
+    """Whether cutting a text after a `LINE_CUT` newline leaves its ids as they are: for a
+    GPT-2 byte-level BPE (the newline is a pre-token of its own and the next one starts after
+    it) and for the char tokenizer (which splits after every newline), with no normalizer and
+    no added token that holds a newline or takes the whitespace before it."""
+    spec = json.loads(tokenizer.to_json())
+    pre = spec.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+    byte_level = byte_level and not pre.get("add_prefix_space")
+    added = spec.get("added_tokens") or []
+    plain = not any("\n" in a.get("content", "") or a.get("lstrip") for a in added)
+    return spec.get("normalizer") is None and plain and (byte_level or tokenizer.kind == "char")
+
+
+def short_pieces(piece: str, size: int = SHORT_PIECE_CHARS) -> list[str]:
+    """A piece cut again at `LINE_CUT` newlines, into parts of at least `size` characters."""
+    if len(piece) <= size:
+        return [piece]
+    parts, start = [], 0
+    while len(piece) - start > size:
+        found = LINE_CUT.search(piece, start + size)
+        if found is None:
+            break
+        parts.append(piece[start : found.end()])
+        start = found.end()
+    if start < len(piece):
+        parts.append(piece[start:])
+    return parts
+
+
 class TokenWriter:
     """Appends the ids of one side to a file, an end-of-text token between documents.
 
@@ -155,6 +194,7 @@ class TokenWriter:
         self.header = header  # an llm.c shard header before the ids (written at the end)
         if header:
             self.file.write(bytes(LLMC_HEADER))
+        self.short = cuts_lines(tokenizer)  # pieces cut again at safe line ends
         self.pending = ""  # the current document's text not yet cut into pieces
         self.queue: list[str | None] = []  # pieces to encode; None: an end-of-text token
         self.queued = 0  # characters in the queue
@@ -168,8 +208,8 @@ class TokenWriter:
             if self.documents and self.tokenizer.eot_id is not None:
                 self.queue.append(None)
             self.documents += 1
-        self.n_bytes += len(text.encode())
-        self.pending += text
+        self.n_bytes += utf8_size(text)
+        self.pending = self.pending + text if self.pending else text
         if len(self.pending) >= BLOCK_BYTES:
             chunks = list(iter_chunks(self.pending, PIECE_CHARS))
             self.pending = chunks.pop()  # its end may not be a safe cut yet
@@ -177,11 +217,18 @@ class TokenWriter:
 
     def cut(self) -> None:
         """The current document's pending text, cut into pieces and queued."""
-        if self.pending:
+        if len(self.pending) > (SHORT_PIECE_CHARS if self.short else PIECE_CHARS):
             self.enqueue(list(iter_chunks(self.pending, PIECE_CHARS)))
-            self.pending = ""
+        elif self.pending:  # a short document: one piece, as iter_chunks would give it
+            self.queue.append(self.pending)
+            self.queued += len(self.pending)
+            if self.queued >= BLOCK_BYTES:
+                self.encode()
+        self.pending = ""
 
     def enqueue(self, chunks: list[str]) -> None:
+        if self.short:
+            chunks = [part for chunk in chunks for part in short_pieces(chunk)]
         self.queue.extend(chunks)
         self.queued += sum(len(c) for c in chunks)
         if self.queued >= BLOCK_BYTES:
@@ -189,12 +236,15 @@ class TokenWriter:
 
     def encode(self) -> None:
         chunks = [c for c in self.queue if c is not None]
-        encoded = iter(self.tokenizer.encode_batch(chunks) if chunks else [])
-        eot = [self.tokenizer.eot_id]
-        ids = [i for c in self.queue for i in (next(encoded) if c is not None else eot)]
+        parts = self.tokenizer.encode_batch(chunks) if chunks else []
+        if len(chunks) < len(self.queue):  # end-of-text tokens between documents
+            encoded, eot = iter(parts), [self.tokenizer.eot_id]
+            parts = [next(encoded) if c is not None else eot for c in self.queue]
         self.queue, self.queued = [], 0
-        np.asarray(ids, dtype=self.dtype).tofile(self.file)
-        self.n_tokens += len(ids)
+        count = sum(map(len, parts))
+        ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=self.dtype, count=count)
+        ids.tofile(self.file)
+        self.n_tokens += count
 
     def close(self) -> None:
         self.cut()

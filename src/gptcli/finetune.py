@@ -113,6 +113,8 @@ class FinetuneRequest:
             read=self.read,
         )
         data = task_named(self.task).prepare(inputs)
+        for warning in data.warnings:
+            log(warning)
         log(
             f"fine-tuning {loaded.name} for {self.task}: {model.num_params() / 1e6:.2f}M "
             f"parameters on {device.type}"

@@ -19,6 +19,7 @@ from gptcli.datasources.streams import iter_byte_lines, iter_bytes
 from gptcli.errors import GptError
 
 SHOWN_FIELDS = 8  # fields named in an error, at most
+DECODE = json.JSONDecoder().decode  # what json.loads does with a str, without its checks
 
 
 def type_name(value: Any) -> str:
@@ -91,10 +92,16 @@ class RecordsReader:
             if not line.strip():
                 continue
             where = lambda n=number: f"{self.path}:{n}"  # noqa: E731
-            try:
-                yield where, self._parse(line, where)
-            except GptError as exc:
-                yield where, exc
+            try:  # the common case as json.loads(line) parses it, without its detection
+                if b"\x00" in line[:4]:  # UTF-16/32, which json.loads would detect
+                    raise ValueError
+                record = DECODE(line.decode("utf-8", "surrogatepass"))
+            except ValueError:  # UnicodeDecodeError, JSONDecodeError: _parse says which
+                try:
+                    record = self._parse(line, where)
+                except GptError as exc:
+                    record = exc
+            yield where, record
 
     def _parse(self, raw: bytes, where: Callable[[], str]) -> Any:
         try:

@@ -48,6 +48,7 @@ class TaskData:
     data: dict[str, Any]  # train.json's "data": files, sizes, the split
     extra_files: dict[str, str] = field(default_factory=dict)  # more files of the model
     sample_prompt: str | None = None  # samples while training (plain text only)
+    warnings: list[str] = field(default_factory=list)  # said before training (text: reading)
 
 
 class Task(Protocol):

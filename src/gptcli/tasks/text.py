@@ -65,4 +65,5 @@ def prepare(inputs: TaskInputs) -> TaskData:
         if texts
         else prompt_from_tokens(corpus.train.tokens, inputs.tokenizer, cfg)
     )
-    return TaskData(train, val, data, sample_prompt=prompt)
+    warnings = texts.warnings if texts else []  # as `gpt train` says them
+    return TaskData(train, val, data, sample_prompt=prompt, warnings=warnings)
