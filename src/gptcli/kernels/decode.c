@@ -287,6 +287,26 @@ TILE tile_f32(const float *w, int64_t k, const float *x, float *out, const int R
         for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
 }
 
+/* int8 rows, widened in registers: the same sums as tile_f32 on the rows widened first */
+TILE tile_i8(const int8_t *w, int64_t k, const float *x, float *out, const int R, const int T) {
+    __m512 a[8][4];
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+        __m512 wv[4];
+        for (int r = 0; r < R; r++) {
+            PREFETCH(w + r * k + i);
+            wv[r] = LOAD_I8(0xffff, w + r * k + i);
+        }
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_loadu_ps(x + t * k + i);
+            for (int r = 0; r < R; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
+}
+
 #ifdef BF16_DOT
 TILE tile_bf16(const bf16 *w, int64_t k, const bf16 *x, float *out, const int R, const int T) {
     __m512 a[8][4];
@@ -370,6 +390,16 @@ static void tiles(const Model *m, const Matrix *mat, const float *wide, int64_t 
         tile_f32(wide, k, xt, out, 4, 4, 0);
         return;
     }
+    if (m->wtype == I8) { /* a batch's decode step: widened in registers */
+        const int8_t *w = (const int8_t *)mat->w + j0 * k;
+        if (count == 8) {
+            tile_i8(w, k, xt, out, 2, 8);
+            tile_i8(w + 2 * k, k, xt, out + 2, 2, 8);
+        } else {
+            tile_i8(w, k, xt, out, 4, 4);
+        }
+        return;
+    }
     const float *w = (const float *)mat->w + j0 * k;
     if (count == 8) {
         tile_f32(w, k, xt, out, 2, 8, 1);
@@ -440,10 +470,11 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
     int64_t lo, hi;
     (void)xb;
     share(team, (rows + 3) / 4, &lo, &hi);
-    /* several tokens: int8 rows are widened to float32 once, not once a token */
+    /* a long pass (prefill): int8 rows are widened to float32 once, not once a tile; a batch's
+       decode step (8 tokens or fewer) widens them in registers (tile_i8) */
     float *wide = NULL;
 #ifdef __AVX512F__ /* (where rows_f32 and rows_i8 sum in the same order: the same numbers) */
-    if (m->wtype == I8 && tokens > 1) wide = malloc(sizeof(float) * 4 * cols);
+    if (m->wtype == I8 && tokens > 8) wide = malloc(sizeof(float) * 4 * cols);
 #endif
     const int64_t at_once = tokens_at_once(cols);
     for (int64_t t0 = 0; t0 < tokens; t0 += at_once) {
