@@ -267,45 +267,32 @@ ROWS512(rows_i8, int8_t, LOAD_I8)
    with constant R and T (4 x 4, 2 x 8; 4 x 1 and 1 x 1 for bfloat16's decode step), which
    the compiler unrolls into registers. */
 #define TILE static inline __attribute__((always_inline)) void
-TILE tile_f32(const float *w, int64_t k, const float *x, float *out, const int R, const int T,
-              const int fetch) {
-    __m512 a[8][4];
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) {
-        __m512 wv[4];
-        for (int r = 0; r < R; r++) {
-            if (fetch) PREFETCH(w + r * k + i);
-            wv[r] = _mm512_loadu_ps(w + r * k + i);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m512 xv = _mm512_loadu_ps(x + t * k + i);
-            for (int r = 0; r < R; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);
-        }
+/* float32 rows (fetch: prefetched ahead, or in cache already) and int8 rows widened in
+   registers: the same sums as tile_f32 on the int8 rows widened first */
+#define TILE512(NAME, W, LOAD)                                                              \
+    TILE NAME(const W *w, int64_t k, const float *x, float *out, const int R, const int T,  \
+              const int fetch) {                                                            \
+        __m512 a[8][4];                                                                     \
+        for (int t = 0; t < T; t++)                                                         \
+            for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();                      \
+        for (int64_t i = 0; i < k; i += 16) {                                               \
+            __m512 wv[4];                                                                   \
+            for (int r = 0; r < R; r++) {                                                   \
+                if (fetch) PREFETCH(w + r * k + i);                                         \
+                wv[r] = LOAD(w + r * k + i);                                                \
+            }                                                                               \
+            for (int t = 0; t < T; t++) {                                                   \
+                const __m512 xv = _mm512_loadu_ps(x + t * k + i);                           \
+                for (int r = 0; r < R; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);  \
+            }                                                                               \
+        }                                                                                   \
+        for (int t = 0; t < T; t++)                                                         \
+            for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);     \
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
-}
-
-/* int8 rows, widened in registers: the same sums as tile_f32 on the rows widened first */
-TILE tile_i8(const int8_t *w, int64_t k, const float *x, float *out, const int R, const int T) {
-    __m512 a[8][4];
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) a[t][r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) {
-        __m512 wv[4];
-        for (int r = 0; r < R; r++) {
-            PREFETCH(w + r * k + i);
-            wv[r] = LOAD_I8(0xffff, w + r * k + i);
-        }
-        for (int t = 0; t < T; t++) {
-            const __m512 xv = _mm512_loadu_ps(x + t * k + i);
-            for (int r = 0; r < R; r++) a[t][r] = _mm512_fmadd_ps(wv[r], xv, a[t][r]);
-        }
-    }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) out[t * 4 + r] = _mm512_reduce_add_ps(a[t][r]);
-}
+#define LOAD16_F32(p) _mm512_loadu_ps(p) /* (unmasked: a masked load ran prefill 1.4x slower) */
+#define LOAD16_I8(p) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+TILE512(tile_f32, float, LOAD16_F32)
+TILE512(tile_i8, int8_t, LOAD16_I8)
 
 #ifdef BF16_DOT
 TILE tile_bf16(const bf16 *w, int64_t k, const bf16 *x, float *out, const int R, const int T) {
@@ -393,10 +380,10 @@ static void tiles(const Model *m, const Matrix *mat, const float *wide, int64_t 
     if (m->wtype == I8) { /* a batch's decode step: widened in registers */
         const int8_t *w = (const int8_t *)mat->w + j0 * k;
         if (count == 8) {
-            tile_i8(w, k, xt, out, 2, 8);
-            tile_i8(w + 2 * k, k, xt, out + 2, 2, 8);
+            tile_i8(w, k, xt, out, 2, 8, 1);
+            tile_i8(w + 2 * k, k, xt, out + 2, 2, 8, 1);
         } else {
-            tile_i8(w, k, xt, out, 4, 4);
+            tile_i8(w, k, xt, out, 4, 4, 1);
         }
         return;
     }
@@ -490,10 +477,10 @@ static void matvec(Team *team, const Model *m, const Matrix *mat, int64_t rows, 
 #ifdef __AVX512F__
                 if (count == 4 && cols % 32 == 0 && t1 - t >= 4) {
                     /* 2 x 8 tiles for a batch's decode step (8 rows' tokens, each weight read
-                       once for all), 4 x 4 for longer passes and widened int8 rows, where
-                       each tile reads the tokens again from cache and 2 x 8 reads them twice
-                       as often (measured: prefill 8 x 32 and int8 slower with 2 x 8). */
-                    n = t1 - t >= 8 && tokens <= 8 && !wide ? 8 : 4;
+                       once for all), 4 x 4 for longer passes, where each tile reads the
+                       tokens again from cache and 2 x 8 reads them twice as often (measured:
+                       prefill 8 x 32 slower with 2 x 8) */
+                    n = t1 - t >= 8 && tokens <= 8 ? 8 : 4;
                     tiles(m, mat, wide, j0, cols, x, xb, t, n, out);
                 }
 #endif
