@@ -173,6 +173,18 @@ def test_the_split_falls_between_documents(tmp_path: Path) -> None:
     assert (corpus.train.n_bytes, corpus.val.n_bytes) == (18 * 57, 2 * 57)
 
 
+def test_bytes_are_counted_in_utf8(tmp_path: Path) -> None:
+    """Documents outside ASCII are counted in their UTF-8 bytes, not in characters."""
+    documents = [f"café número {i:02d}, 東京 " * 3 for i in range(20)]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(documents))
+    tokenizer = Tokenizer.train_char(["".join(documents)])
+    corpus = build_corpus(read_corpus([str(path)]), tokenizer, 0.1, tmp_path / "cache")
+    size = len(documents[0].encode())
+    assert size > len(documents[0])
+    assert (corpus.train.n_bytes, corpus.val.n_bytes) == (18 * size, 2 * size)
+
+
 def test_text_field_picks_another_field(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_bytes(jsonl(DOCUMENTS[:5], field="content"))

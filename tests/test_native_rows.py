@@ -100,10 +100,11 @@ def test_rows_together_equal_rows_alone(family: str, dtype: torch.dtype) -> None
 def test_a_long_pass_equals_rows_alone(family: str, dtype: torch.dtype) -> None:
     # 6 prompts of about 20 tokens in one pass, 3072 columns into the MLP's projection: more
     # tokens than the kernel keeps in cache at once there (64), so those weights pass twice,
-    # through tiles of 8 and 4 tokens and the one-token rows
+    # through tiles of 8 and 4 tokens and the one-token rows; two layers, so that every
+    # token's MLP output reaches the last tokens' logits (through the second layer's keys)
     torch.manual_seed(0)
     config = ModelConfig(
-        family=family, vocab_size=300, block_size=CONTEXT, n_layer=1, n_head=4, n_embd=768
+        family=family, vocab_size=300, block_size=CONTEXT, n_layer=2, n_head=4, n_embd=768
     )
     model = prepare_for_inference(GPT(config).eval(), dtype)
     cache = model.new_cache(SLOTS, CONTEXT)
