@@ -129,6 +129,50 @@ def test_long_documents_cut_shorter_keep_their_ids(tmp_path: Path, kind: str) ->
         assert corpus.train.tokens.tolist() == expected
 
 
+EDGES = [
+    "ends in spaces   ",
+    "'s starts with an apostrophe",
+    "\n\nstarts with blank lines and ends with one\n",
+    "   ",  # blank, not empty: a document of its own
+    "holds <|endoftext|> as text, which is the token as in any document",
+    "Ünïcödé 漢字 and \u00a0 nbsp\r\n",
+    "",
+    "x",
+    "tabs\tand 42 numbers, 3.14!" * 200,  # longer than a joined text
+]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char", "eot-takes-spaces"])
+def test_documents_encoded_together_keep_their_ids(tmp_path: Path, kind: str) -> None:
+    """Short documents are encoded joined by the end-of-text token's text: each keeps the ids
+    it has encoded alone, an end-of-text token between. A tokenizer whose end-of-text token
+    takes the spaces around it is not joined, and gives the same ids too."""
+    from gptcli.data import joins_documents
+
+    pick = random.Random(1).choice
+    documents = [pick(EDGES) + pick(EDGES) for _ in range(300)]
+    text = "".join(documents)
+    tokenizer = Tokenizer.train_char([text]) if kind == "char" else Tokenizer.train_bpe([text], 600)
+    if kind == "eot-takes-spaces":
+        spec = json.loads(tokenizer.to_json())
+        for token in spec["added_tokens"]:
+            token["lstrip"] = token["rstrip"] = True
+        path = tmp_path / "tokenizer.json"
+        path.write_text(json.dumps(spec))
+        tokenizer = Tokenizer.load(path)
+    assert joins_documents(tokenizer) == (kind != "eot-takes-spaces")
+    expected: list[int] = []
+    for document in (d for d in documents if d):
+        pieces = tokenizer.encode_batch(list(iter_chunks(document, 4096)))
+        expected += ([tokenizer.eot_id] if expected else []) + [i for p in pieces for i in p]
+    val = tmp_path / "val.txt"
+    val.write_text("held out")
+    (tmp_path / "a.jsonl").write_bytes(jsonl(documents))
+    texts = read_corpus([str(tmp_path / "a.jsonl")], val=[str(val)])
+    corpus = build_corpus(texts, tokenizer, 0.1, tmp_path / "cache")
+    assert corpus.train.tokens.tolist() == expected
+
+
 def test_compressed_text_and_mixed_directories(tmp_path: Path) -> None:
     """A directory means every supported file under it, sorted, compressed or not; other
     files are left out. A compressed .txt is one document, as the plain one."""
@@ -166,11 +210,13 @@ def test_the_split_falls_between_documents(tmp_path: Path) -> None:
     documents = [f"document number {i:02d} " * 3 for i in range(20)]  # 57 bytes each
     path = tmp_path / "a.jsonl"
     path.write_bytes(jsonl(documents))
+    parquet = write_parquet(tmp_path / "a.parquet", documents)  # 3 row groups: cut in the last
     tokenizer = Tokenizer.train_char(["".join(documents)])
-    corpus = build_corpus(read_corpus([str(path)]), tokenizer, 0.1, tmp_path / "cache")
-    assert tokenizer.decode(corpus.train.tokens.tolist()) == EOT.join(documents[:18])
-    assert tokenizer.decode(corpus.val.tokens.tolist()) == EOT.join(documents[18:])
-    assert (corpus.train.n_bytes, corpus.val.n_bytes) == (18 * 57, 2 * 57)
+    for n, source in enumerate([path, parquet]):
+        corpus = build_corpus(read_corpus([str(source)]), tokenizer, 0.1, tmp_path / f"c{n}")
+        assert tokenizer.decode(corpus.train.tokens.tolist()) == EOT.join(documents[:18])
+        assert tokenizer.decode(corpus.val.tokens.tolist()) == EOT.join(documents[18:])
+        assert (corpus.train.n_bytes, corpus.val.n_bytes) == (18 * 57, 2 * 57)
 
 
 def test_bytes_are_counted_in_utf8(tmp_path: Path) -> None:
@@ -682,6 +728,7 @@ def test_a_second_run_checks_record_files_by_their_bytes(
     def no_parsing(self: RecordsReader):  # type: ignore[no-untyped-def]
         raise AssertionError("parsed again")
 
+    monkeypatch.setattr(RecordsReader, "batches", no_parsing)
     monkeypatch.setattr(RecordsReader, "pieces", no_parsing)
     second = read_corpus([str(path)], cache_dir=cache)
     assert [f.describe() for f in second.files] == [f.describe() for f in first.files]

@@ -12,7 +12,9 @@ import hashlib
 import itertools
 import json
 import re
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,15 @@ from gptcli.datasources.shards import LLMC_HEADER, ShardSet, check_ids, llmc_hea
 from gptcli.datasources.streams import BLOCK_BYTES, iter_blocks
 from gptcli.errors import GptError
 from gptcli.store import atomic_path, read_json, write_json_atomic
-from gptcli.tokenizer import Tokenizer, iter_chunks
+from gptcli.tokenizer import EOT, Tokenizer, iter_chunks
 
 CACHE_VERSION = 2
 __all__ = ["SourceFile", "Texts", "read_corpus"]  # and what is defined here
 PIECE_CHARS = 1 << 12  # encode_batch gets many short pieces: long ones encode much slower
 SHORT_PIECE_CHARS = 1 << 10  # shorter still where the tokenizer allows (faster to encode)
+ENCODE_CHARS = 1 << 20  # queued text handed to the encoding thread at a time
+JOIN_CHARS = 1 << 11  # short documents joined up to this (2k-4k encode as fast as plain text)
+IN_FLIGHT = 2  # batches the encoding thread may hold before the reader waits for it
 LINE_CUT = re.compile(r"(?<=[!-~])\n(?=[!-~])")  # a line end between two ASCII non-spaces
 
 
@@ -99,8 +104,13 @@ def encode_text(tokenizer: Tokenizer, text: str) -> np.ndarray:
     return np.concatenate(ids) if ids else np.zeros(0, dtype=dtype)
 
 
-def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str | None]]:
-    """Yields (side, text) in order, side "train" or "val"; (side, None) ends a document.
+Item = str | None | list[str]  # a piece of a document, its end, or whole documents
+
+
+def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, Item]]:
+    """Yields (side, item) in order, side "train" or "val": a piece of a one-document input's
+    text, None where such a document ends, or a list of whole documents of a many-document
+    input ("" for an empty one).
 
     With validation inputs given (--val), they are the "val" side and the corpus the "train"
     side. Otherwise the cut is at (1 - val_fraction) of the corpus's UTF-8 bytes: on a
@@ -110,21 +120,26 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
     if texts.val_files:
         for side, files in (("train", texts.files), ("val", texts.val_files)):
             for source in files:
-                for piece in source.pieces():
-                    yield side, piece
+                items = source.pieces() if source.one_document else source.batches()
+                for item in items:
+                    yield side, item
         return
     cut = int(texts.n_bytes * (1.0 - val_fraction))
     seen = 0
     for source in texts.files:
         side = "train" if seen < cut else "val"
         if not source.one_document:
-            for piece in source.pieces():
-                if piece is not None:
-                    size = utf8_size(piece)
-                    if side == "train" and seen + size / 2 > cut:
-                        side = "val"  # most of this document lies past the cut
-                    seen += size
-                yield side, piece
+            for batch in source.batches():
+                if side == "train":
+                    total = utf8_size("".join(batch))
+                    if seen + total > cut:  # the cut may fall in this batch
+                        at = first_past(batch, seen, cut)
+                        if at < len(batch):
+                            if at:
+                                yield "train", batch[:at]
+                            side, batch = "val", batch[at:]
+                    seen += total
+                yield side, batch
             continue
         for piece in source.pieces():
             if piece is None:
@@ -142,6 +157,16 @@ def split_stream(texts: Texts, val_fraction: float) -> Iterator[tuple[str, str |
             seen += len(encoded)
             if piece:
                 yield side, piece
+
+
+def first_past(documents: list[str], seen: int, cut: int) -> int:
+    """The first of these documents (after `seen` bytes) most of which lies past the cut."""
+    for n, text in enumerate(documents):
+        size = utf8_size(text)
+        if seen + size / 2 > cut:
+            return n
+        seen += size
+    return len(documents)
 
 
 def utf8_size(text: str) -> int:
@@ -179,12 +204,64 @@ def short_pieces(piece: str, size: int = SHORT_PIECE_CHARS) -> list[str]:
     return parts
 
 
+def joins_documents(tokenizer: Tokenizer) -> bool:
+    """Whether short documents may be encoded as one text joined by the end-of-text token's
+    own text: the tokenizer cuts its input at added tokens before anything else, so each
+    document keeps the ids it has alone, provided the token takes no whitespace around it,
+    is matched where it is written, and no other added token can match across it."""
+    spec = json.loads(tokenizer.to_json())
+    added = spec.get("added_tokens") or []
+    eot = next((a for a in added if a.get("content") == EOT), None)
+    if eot is None or eot.get("lstrip") or eot.get("rstrip") or eot.get("single_word"):
+        return False
+    if eot.get("normalized") and spec.get("normalizer") is not None:
+        return False
+    for token in added:
+        text = token.get("content", "")
+        if token is eot:
+            continue
+        ends = (text[i:] for i in range(len(text)))  # a match that starts before EOT's
+        if any(end.startswith(EOT) or (end != text and EOT.startswith(end)) for end in ends):
+            return False
+    return True
+
+
+def join_documents(queue: list[str | None], size: int) -> list[str]:
+    """A writer's queue as texts to encode, end-of-text tokens written as `EOT` text: pieces
+    of different documents joined into texts of about `size` characters, pieces of one
+    document kept apart (each is encoded alone, as it was cut)."""
+    texts: list[str] = []
+    run: list[str] = []
+    length = 0
+    after_text = False  # the run ends with a piece, not with an end-of-text
+    for piece in queue:
+        if piece is None:
+            run.append(EOT)
+            length += len(EOT)
+            after_text = False
+            if length >= size:
+                texts.append("".join(run))
+                run, length = [], 0
+            continue
+        if after_text:
+            texts.append("".join(run))
+            run, length = [], 0
+        run.append(piece)
+        length += len(piece)
+        after_text = True
+    if run:
+        texts.append("".join(run))
+    return texts
+
+
 class TokenWriter:
     """Appends the ids of one side to a file, an end-of-text token between documents.
 
     A document's text is cut into pieces where its pending text passes BLOCK_BYTES and where it
     ends (the pieces, and so the ids, do not depend on how many documents there are); pieces
     of many documents are encoded together, so that short documents use every core too.
+    Batches are encoded and written by a thread of their own, in order, while the caller
+    reads and parses the next ones (`encode_batch` runs without the GIL).
     """
 
     def __init__(self, tokenizer: Tokenizer, path: Path, header: bool = False) -> None:
@@ -195,25 +272,43 @@ class TokenWriter:
         if header:
             self.file.write(bytes(LLMC_HEADER))
         self.short = cuts_lines(tokenizer)  # pieces cut again at safe line ends
+        self.join = joins_documents(tokenizer)  # short documents encoded together
         self.pending = ""  # the current document's text not yet cut into pieces
         self.queue: list[str | None] = []  # pieces to encode; None: an end-of-text token
         self.queued = 0  # characters in the queue
-        self.n_tokens = 0
+        self.n_tokens = 0  # written by the encoding thread
         self.n_bytes = 0
         self.documents = 0
+        self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptcli-encode")
+        self.in_flight: deque[Future[None]] = deque()
 
     def add(self, text: str, new_document: bool) -> None:
+        """A piece of a one-document input's text (`new_document`: its first)."""
         if new_document:
             self.cut()
-            if self.documents and self.tokenizer.eot_id is not None:
-                self.queue.append(None)
-            self.documents += 1
+            self.begin()
         self.n_bytes += utf8_size(text)
         self.pending = self.pending + text if self.pending else text
         if len(self.pending) >= BLOCK_BYTES:
             chunks = list(iter_chunks(self.pending, PIECE_CHARS))
             self.pending = chunks.pop()  # its end may not be a safe cut yet
             self.enqueue(chunks)
+
+    def add_documents(self, texts: list[str]) -> None:
+        """Whole documents (of a many-document input), each ended."""
+        self.cut()
+        self.n_bytes += utf8_size("".join(texts))
+        for text in texts:
+            if text:  # an empty document has no end-of-text of its own (as an empty file)
+                self.begin()
+                self.pending = text
+                self.cut()
+
+    def begin(self) -> None:
+        """A new document: an end-of-text token after the one before."""
+        if self.documents and self.tokenizer.eot_id is not None:
+            self.queue.append(None)
+        self.documents += 1
 
     def cut(self) -> None:
         """The current document's pending text, cut into pieces and queued."""
@@ -222,7 +317,7 @@ class TokenWriter:
         elif self.pending:  # a short document: one piece, as iter_chunks would give it
             self.queue.append(self.pending)
             self.queued += len(self.pending)
-            if self.queued >= BLOCK_BYTES:
+            if self.queued >= ENCODE_CHARS:
                 self.encode()
         self.pending = ""
 
@@ -231,24 +326,40 @@ class TokenWriter:
             chunks = [part for chunk in chunks for part in short_pieces(chunk)]
         self.queue.extend(chunks)
         self.queued += sum(len(c) for c in chunks)
-        if self.queued >= BLOCK_BYTES:
+        if self.queued >= ENCODE_CHARS:
             self.encode()
 
     def encode(self) -> None:
-        chunks = [c for c in self.queue if c is not None]
+        """Hands the queue to the encoding thread (waiting while it holds IN_FLIGHT)."""
+        if not self.queue:
+            return
+        queue, self.queue, self.queued = self.queue, [], 0
+        self.in_flight.append(self.encoder.submit(self.write, queue))
+        while len(self.in_flight) > IN_FLIGHT:
+            self.in_flight.popleft().result()  # raises what the thread raised
+
+    def write(self, queue: list[str | None]) -> None:
+        """Encodes one batch and appends its ids (on the encoding thread)."""
+        if self.join:
+            queue = list(join_documents(queue, JOIN_CHARS))
+        chunks = [c for c in queue if c is not None]
         parts = self.tokenizer.encode_batch(chunks) if chunks else []
-        if len(chunks) < len(self.queue):  # end-of-text tokens between documents
+        if len(chunks) < len(queue):  # end-of-text tokens between documents
             encoded, eot = iter(parts), [self.tokenizer.eot_id]
-            parts = [next(encoded) if c is not None else eot for c in self.queue]
-        self.queue, self.queued = [], 0
+            parts = [next(encoded) if c is not None else eot for c in queue]
         count = sum(map(len, parts))
         ids = np.fromiter(itertools.chain.from_iterable(parts), dtype=self.dtype, count=count)
         ids.tofile(self.file)
         self.n_tokens += count
 
     def close(self) -> None:
-        self.cut()
-        self.encode()
+        try:
+            self.cut()
+            self.encode()
+            while self.in_flight:
+                self.in_flight.popleft().result()
+        finally:
+            self.encoder.shutdown(wait=True, cancel_futures=True)
         if self.header:
             self.file.seek(0)
             self.file.write(llmc_header(self.dtype, self.n_tokens))
@@ -268,12 +379,14 @@ def encode_corpus(
     writers = {side: TokenWriter(tokenizer, path, header) for side, path in paths.items()}
     starting = dict.fromkeys(paths, True)  # the next text on this side begins a document
     try:
-        for side, text in split_stream(texts, val_fraction):
-            if text is None:
-                starting[side] = True
+        for side, item in split_stream(texts, val_fraction):
+            if isinstance(item, str):
+                writers[side].add(item, starting[side])
+                starting[side] = False
                 continue
-            writers[side].add(text, starting[side])
-            starting[side] = False
+            if item is not None:
+                writers[side].add_documents(item)
+            starting[side] = True
     finally:
         for writer in writers.values():
             writer.close()

@@ -8,6 +8,10 @@ yields the documents' text in order, with `None` after each document:
 - an input of many documents (a JSONL line, a Parquet row) yields each document as one str,
   then `None`; the validation split cuts only between them.
 
+An input of many documents also gives `batches()`: lists of whole documents' texts (a block of
+lines, a row group; "" for an empty document), which is how the corpus is checked and
+tokenized (one Python step per document, not three); `pieces()` is derived from it.
+
 A document whose text is empty yields nothing but its `None`. Readers check their input as
 they go and raise `GptError` naming the file (and line or row) on anything they cannot read;
 with `skip_bad_lines` they count bad records in `skipped` instead. Readers know nothing about
@@ -16,10 +20,10 @@ tokens, splits or caches (`gptcli.data` does those).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,22 @@ class Reader(Protocol):
     def pieces(self) -> Iterator[str | None]:
         """The text of each document in order, `None` after each one."""
         ...
+
+
+@runtime_checkable
+class DocumentsReader(Reader, Protocol):
+    """A reader of an input of many documents (`one_document` is False)."""
+
+    def batches(self) -> Iterator[list[str]]:
+        """The documents' texts in order, in lists ("" for an empty document)."""
+        ...
+
+
+def pieces_of(batches: Iterable[list[str]]) -> Iterator[str | None]:
+    """The `pieces()` of a many-document reader: each document's text (unless empty), then
+    None."""
+    for batch in batches:
+        for text in batch:
+            if text:
+                yield text
+            yield None

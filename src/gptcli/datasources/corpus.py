@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.datasources import find_readers, progress
-from gptcli.datasources.base import Reader, ReadOptions
+from gptcli.datasources.base import DocumentsReader, Reader, ReadOptions
 from gptcli.errors import GptError
 
 DOCUMENT_END = b"\xff"  # hashed after each document of a many-document input (never in UTF-8)
@@ -58,6 +58,11 @@ class SourceFile:
         assert self.reader is not None
         return self.reader.pieces()
 
+    def batches(self) -> Iterator[list[str]]:
+        """Whole documents, in lists (a many-document input)."""
+        assert isinstance(self.reader, DocumentsReader)
+        return self.reader.batches()
+
 
 @dataclass
 class Texts:
@@ -88,31 +93,50 @@ class Texts:
 
 def scan(reader: Reader) -> tuple[SourceFile, bool, str | None]:
     """One input read through: (what it holds, whether any text is not blank, a warning)."""
+    if not reader.one_document:
+        assert isinstance(reader, DocumentsReader)
+        return scan_documents(reader)
     digest = hashlib.sha256()
-    n_bytes = documents = 0
+    n_bytes = 0
     any_text = False
     warning = None
     for piece in reader.pieces():
         if piece is None:
-            documents += 1
-            if not reader.one_document:
-                digest.update(DOCUMENT_END)
             continue
-        if not n_bytes and reader.one_document and hasattr(reader, "warning"):
+        if not n_bytes and hasattr(reader, "warning"):
             warning = reader.warning(piece)
-        try:
-            encoded = piece.encode()
-        except UnicodeEncodeError:
-            raise GptError(
-                f"{reader.path}: document {documents + 1}: its text holds an unpaired "
-                "surrogate (an escape such as \\ud800 that is not a character)"
-            ) from None
+        encoded = utf8(piece, reader.path, 1)
         digest.update(encoded)
         n_bytes += len(encoded)
         any_text = any_text or bool(piece.strip())
+    return SourceFile(reader.path, n_bytes, digest.hexdigest(), reader), any_text, warning
+
+
+def scan_documents(reader: DocumentsReader) -> tuple[SourceFile, bool, None]:
+    """`scan` of a many-document input: its text hashed with DOCUMENT_END after each document."""
+    digest = hashlib.sha256()
+    n_bytes = documents = 0
+    any_text = False
+    for batch in reader.batches():
+        encoded = [utf8(text, reader.path, documents + n) for n, text in enumerate(batch, 1)]
+        if encoded:
+            digest.update(DOCUMENT_END.join(encoded) + DOCUMENT_END)
+        n_bytes += sum(map(len, encoded))
+        documents += len(batch)
+        any_text = any_text or any(text and not text.isspace() for text in batch)
     source = SourceFile(reader.path, n_bytes, digest.hexdigest(), reader, documents)
     source.skipped = reader.skipped
-    return source, any_text, warning
+    return source, any_text, None
+
+
+def utf8(text: str, path: Path, document: int) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        raise GptError(
+            f"{path}: document {document}: its text holds an unpaired "
+            "surrogate (an escape such as \\ud800 that is not a character)"
+        ) from None
 
 
 SCAN_VERSION = 1

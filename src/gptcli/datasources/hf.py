@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.base import ReadOptions, pieces_of
 from gptcli.errors import GptError
 
 PREFIX = "hf:"
+BATCH_ROWS = 10_000  # rows handed on at a time
 SAVED_MARKERS = ("dataset_info.json", "state.json")  # what save_to_disk writes
 SAVED_DICT = "dataset_dict.json"  # ... for a DatasetDict
 
@@ -104,6 +105,10 @@ class HFReader:
             raise GptError(f"{spec}: cannot load this dataset ({message})") from None
 
     def pieces(self) -> Iterator[str | None]:
+        return pieces_of(self.batches())
+
+    def batches(self) -> Iterator[list[str]]:
+        """The text column's values, BATCH_ROWS rows at a time."""
         data = self._open()
         column = self.options.text_field
         names = list(getattr(data, "column_names", None) or (data.features or {}))
@@ -112,6 +117,7 @@ class HFReader:
             raise GptError(f'{self.spec}: no column "{column}" (columns: {", ".join(names)}){hint}')
         self.skipped = 0
         rows = data.select_columns([column]) if hasattr(data, "select_columns") else data
+        batch: list[str] = []
         for number, row in enumerate(rows, 1):
             value = row.get(column)
             if not isinstance(value, str):
@@ -121,6 +127,9 @@ class HFReader:
                 self.skipped += 1
                 self.bad = self.bad or [message]
                 continue
-            if value:
-                yield value
-            yield None
+            batch.append(value)
+            if len(batch) == BATCH_ROWS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gptcli.datasources import progress
-from gptcli.datasources.base import ReadOptions
+from gptcli.datasources.base import ReadOptions, pieces_of
 from gptcli.errors import GptError
 
 
@@ -57,6 +57,10 @@ class ParquetReader:
     bad: list[str] = field(default_factory=list)
 
     def pieces(self) -> Iterator[str | None]:
+        return pieces_of(self.batches())
+
+    def batches(self) -> Iterator[list[str]]:
+        """The text column's values, a column chunk of a row group at a time."""
         file = open_parquet(self.path, self.options.text_field)
         import pyarrow as pa
 
@@ -70,16 +74,24 @@ class ParquetReader:
             except (pa.ArrowException, OSError) as exc:
                 raise GptError(f"{self.path}: row group {group}: cannot read it ({exc})") from None
             for column in table.column(0).chunks:
-                for value in column.to_pylist():
-                    row += 1
-                    if value is None:
-                        message = f'{self.path}: row {row}: "{self.options.text_field}" is null'
-                        if not self.options.skip_bad_lines:
-                            raise GptError(message)
-                        self.skipped += 1
-                        if not self.bad:
-                            self.bad.append(message)
-                        continue
-                    if value:
-                        yield value
-                    yield None
+                values = column.to_pylist()
+                if column.null_count:
+                    values = self._without_nulls(values, row)
+                row += len(column)
+                yield values
+
+    def _without_nulls(self, values: list[str | None], row: int) -> list[str]:
+        """A chunk's values, its nulls refused (naming the row) or, with skip_bad_lines,
+        counted and left out."""
+        kept = []
+        for number, value in enumerate(values, row + 1):
+            if value is not None:
+                kept.append(value)
+                continue
+            message = f'{self.path}: row {number}: "{self.options.text_field}" is null'
+            if not self.options.skip_bad_lines:
+                raise GptError(message)
+            self.skipped += 1
+            if not self.bad:
+                self.bad.append(message)
+        return kept

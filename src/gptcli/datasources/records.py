@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptcli.datasources.base import ReadOptions
-from gptcli.datasources.streams import iter_byte_lines, iter_bytes
+from gptcli.datasources.base import ReadOptions, pieces_of
+from gptcli.datasources.streams import iter_bytes, iter_line_blocks
 from gptcli.errors import GptError
 
 SHOWN_FIELDS = 8  # fields named in an error, at most
-DECODE = json.JSONDecoder().decode  # what json.loads does with a str, without its checks
+SCAN = json.JSONDecoder().scan_once  # the C scanner under json.loads: (value, end) at an index
+NOT_PARSED = object()  # a line the fast path could not parse
 
 
 def type_name(value: Any) -> str:
@@ -54,54 +55,69 @@ class RecordsReader:
     bad: list[str] = field(default_factory=list)  # the first bad record's message, if skipped
 
     def pieces(self) -> Iterator[str | None]:
-        self.skipped = 0
-        name = self.options.text_field
-        for where, record in self._records():
-            try:
-                if isinstance(record, GptError):
-                    raise record
-                text = record.get(name) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    text = text_of(record, self.options, where())  # raises: says why
-            except GptError as exc:
-                if not self.options.skip_bad_lines:
-                    raise
-                self.skipped += 1
-                if not self.bad:
-                    self.bad.append(str(exc))
-                continue
-            if text:
-                yield text
-            yield None
+        return pieces_of(self.batches())
 
-    def _records(self) -> Iterator[tuple[Callable[[], str], Any]]:
-        """(where, the parsed record or the GptError that says why there is none) for each."""
+    def batches(self) -> Iterator[list[str]]:
+        """The records' texts, a block of lines at a time."""
+        self.skipped = 0
         if self.format == "json" and self._is_array():
-            try:
-                data = self._parse(b"".join(iter_bytes(self.path)), lambda: str(self.path))
-            except GptError as exc:
-                raise exc from None  # a broken array is never skipped
-            for number, record in enumerate(data, 1):
-                yield (lambda n=number: f"{self.path}: item {n}"), record
+            yield from self._array_batches()
             return
+        name = self.options.text_field
         number = 0
-        for line in iter_byte_lines(self.path):
-            number += 1
-            if number == 1:
-                line = line.removeprefix(b"\xef\xbb\xbf")
-            if not line.strip():
-                continue
-            where = lambda n=number: f"{self.path}:{n}"  # noqa: E731
-            try:  # the common case as json.loads(line) parses it, without its detection
-                if b"\x00" in line[:4]:  # UTF-16/32, which json.loads would detect
-                    raise ValueError
-                record = DECODE(line.decode("utf-8", "surrogatepass"))
-            except ValueError:  # UnicodeDecodeError, JSONDecodeError: _parse says which
-                try:
-                    record = self._parse(line, where)
-                except GptError as exc:
-                    record = exc
-            yield where, record
+        for lines in iter_line_blocks(self.path):
+            batch = []
+            for line in lines:
+                number += 1
+                try:  # the common case as json.loads(line) parses it, without its wrappers
+                    string = line.decode("utf-8", "surrogatepass")
+                    record, end = SCAN(string, 0)
+                    if end != len(string) and string[end:].strip(" \t\n\r"):
+                        record = NOT_PARSED  # something after the value: _checked says what
+                except (StopIteration, ValueError):  # blank, bad JSON or UTF-8: see _checked
+                    record = NOT_PARSED
+                text = record.get(name) if type(record) is dict else None
+                if type(text) is not str:
+                    text = self._checked(line, number, record)
+                    if text is None:
+                        continue  # a blank line, or a bad record skipped
+                batch.append(text)
+            yield batch
+
+    def _checked(self, line: bytes, number: int, record: Any) -> str | None:
+        """The text of a line the fast path did not take: None for a blank line or a bad
+        record skipped; GptError (`FILE:LINE`: why) for a bad one otherwise."""
+        if not line.strip():
+            return None
+        where = lambda: f"{self.path}:{number}"  # noqa: E731
+        try:
+            if record is NOT_PARSED:  # a BOM, UTF-16/32 (which json.loads detects), or bad
+                record = self._parse(line, where)
+            return text_of(record, self.options, where())
+        except GptError as exc:
+            self._skip(exc)
+            return None
+
+    def _skip(self, exc: GptError) -> None:
+        """Counts a bad record with skip_bad_lines; raises what is wrong with it otherwise."""
+        if not self.options.skip_bad_lines:
+            raise exc
+        self.skipped += 1
+        if not self.bad:
+            self.bad.append(str(exc))
+
+    def _array_batches(self) -> Iterator[list[str]]:
+        try:
+            data = self._parse(b"".join(iter_bytes(self.path)), lambda: str(self.path))
+        except GptError as exc:
+            raise exc from None  # a broken array is never skipped
+        batch = []
+        for number, record in enumerate(data, 1):
+            try:
+                batch.append(text_of(record, self.options, f"{self.path}: item {number}"))
+            except GptError as exc:
+                self._skip(exc)
+        yield batch
 
     def _parse(self, raw: bytes, where: Callable[[], str]) -> Any:
         try:

@@ -154,15 +154,16 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[str]:
         ) from None
 
 
-def iter_byte_lines(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[bytes]:
-    """A file's lines as bytes, without their line ends (the last one even without a newline)."""
+def iter_line_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[list[bytes]]:
+    """A file's lines as bytes, without their line ends (the last one even without a newline),
+    a block's worth at a time."""
     rest = b""
     for block in iter_bytes(path, block_bytes):
         lines = (rest + block).split(b"\n")
         rest = lines.pop()
-        yield from lines
+        yield lines
     if rest:
-        yield rest
+        yield [rest]
 
 
 def file_size(path: Path) -> int:
