@@ -173,6 +173,32 @@ def test_documents_encoded_together_keep_their_ids(tmp_path: Path, kind: str) ->
     assert corpus.train.tokens.tolist() == expected
 
 
+def test_a_failure_while_encoding_stops_the_run_and_leaves_no_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are encoded on a thread of their own: what fails there fails the run, as it
+    would in the reading thread, and the half-written token files are removed."""
+    documents = [f"document {i}: " + "some words here " * 40 for i in range(6000)]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl(documents))
+    tokenizer = Tokenizer.train_char(["".join(documents)])
+    calls = []
+    encode = Tokenizer.encode_batch
+
+    def failing(self: Tokenizer, texts: list[str]) -> list[list[int]]:
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise RuntimeError("the tokenizer broke")
+        return encode(self, texts)
+
+    monkeypatch.setattr(Tokenizer, "encode_batch", failing)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="the tokenizer broke"):
+        build_corpus(read_corpus([str(path)]), tokenizer, 0.1, cache)
+    assert len(calls) >= 2
+    assert list(cache.iterdir()) == []
+
+
 def test_compressed_text_and_mixed_directories(tmp_path: Path) -> None:
     """A directory means every supported file under it, sorted, compressed or not; other
     files are left out. A compressed .txt is one document, as the plain one."""

@@ -13,7 +13,7 @@ import itertools
 import json
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,17 +254,45 @@ def join_documents(queue: list[str | None], size: int) -> list[str]:
     return texts
 
 
+class Encoder:
+    """One thread that runs the encoding jobs of a corpus's writers in the order they are
+    handed over, while the caller reads and parses the next text (`encode_batch` runs without
+    the GIL). One job at a time keeps memory to one batch's encodings."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptcli-encode")
+        self.in_flight: deque[Future[None]] = deque()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queues a job, waiting while IN_FLIGHT others are queued or running."""
+        self.in_flight.append(self.pool.submit(job))
+        while len(self.in_flight) > IN_FLIGHT:
+            self.in_flight.popleft().result()  # raises what the job raised
+
+    def drain(self) -> None:
+        while self.in_flight:
+            self.in_flight.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class TokenWriter:
     """Appends the ids of one side to a file, an end-of-text token between documents.
 
     A document's text is cut into pieces where its pending text passes BLOCK_BYTES and where it
     ends (the pieces, and so the ids, do not depend on how many documents there are); pieces
     of many documents are encoded together, so that short documents use every core too.
-    Batches are encoded and written by a thread of their own, in order, while the caller
-    reads and parses the next ones (`encode_batch` runs without the GIL).
+    Batches are encoded and written by an `Encoder`'s thread (shared by the writers of a
+    corpus; the writer's own if none is given).
     """
 
-    def __init__(self, tokenizer: Tokenizer, path: Path, header: bool = False) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, path: Path, header: bool = False, encoder: Encoder | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.file = open(path, "wb")  # noqa: SIM115
@@ -279,8 +307,8 @@ class TokenWriter:
         self.n_tokens = 0  # written by the encoding thread
         self.n_bytes = 0
         self.documents = 0
-        self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptcli-encode")
-        self.in_flight: deque[Future[None]] = deque()
+        self.owns_encoder = encoder is None
+        self.encoder = encoder or Encoder()
 
     def add(self, text: str, new_document: bool) -> None:
         """A piece of a one-document input's text (`new_document`: its first)."""
@@ -324,19 +352,18 @@ class TokenWriter:
     def enqueue(self, chunks: list[str]) -> None:
         if self.short:
             chunks = [part for chunk in chunks for part in short_pieces(chunk)]
-        self.queue.extend(chunks)
-        self.queued += sum(len(c) for c in chunks)
-        if self.queued >= ENCODE_CHARS:
-            self.encode()
+        for chunk in chunks:
+            self.queue.append(chunk)
+            self.queued += len(chunk)
+            if self.queued >= ENCODE_CHARS:
+                self.encode()
 
     def encode(self) -> None:
-        """Hands the queue to the encoding thread (waiting while it holds IN_FLIGHT)."""
+        """Hands the queue to the encoding thread."""
         if not self.queue:
             return
         queue, self.queue, self.queued = self.queue, [], 0
-        self.in_flight.append(self.encoder.submit(self.write, queue))
-        while len(self.in_flight) > IN_FLIGHT:
-            self.in_flight.popleft().result()  # raises what the thread raised
+        self.encoder.submit(lambda: self.write(queue))
 
     def write(self, queue: list[str | None]) -> None:
         """Encodes one batch and appends its ids (on the encoding thread)."""
@@ -356,10 +383,10 @@ class TokenWriter:
         try:
             self.cut()
             self.encode()
-            while self.in_flight:
-                self.in_flight.popleft().result()
+            self.encoder.drain()
         finally:
-            self.encoder.shutdown(wait=True, cancel_futures=True)
+            if self.owns_encoder:
+                self.encoder.close()
         if self.header:
             self.file.seek(0)
             self.file.write(llmc_header(self.dtype, self.n_tokens))
@@ -376,7 +403,8 @@ def encode_corpus(
     """Streams the corpus into one id file per side (llm.c shards with `header`); returns the
     UTF-8 bytes of each side."""
     progress.start("tokenizing", texts.paths)
-    writers = {side: TokenWriter(tokenizer, path, header) for side, path in paths.items()}
+    encoder = Encoder()
+    writers = {side: TokenWriter(tokenizer, path, header, encoder) for side, path in paths.items()}
     starting = dict.fromkeys(paths, True)  # the next text on this side begins a document
     try:
         for side, item in split_stream(texts, val_fraction):
@@ -388,8 +416,11 @@ def encode_corpus(
                 writers[side].add_documents(item)
             starting[side] = True
     finally:
-        for writer in writers.values():
-            writer.close()
+        try:
+            for writer in writers.values():
+                writer.close()
+        finally:
+            encoder.close()
     return {side: writer.n_bytes for side, writer in writers.items()}
 
 
