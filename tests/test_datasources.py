@@ -142,25 +142,42 @@ EDGES = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["bpe", "char", "eot-takes-spaces"])
+def unjoinable(spec: dict, kind: str) -> None:
+    """A tokenizer.json changed so that documents joined by the end-of-text text would not
+    keep their ids."""
+    if kind == "eot-takes-spaces":
+        for token in spec["added_tokens"]:
+            token["lstrip"] = token["rstrip"] = True
+    elif kind == "token-inside-eot":  # matched before the end-of-text token (not normalized)
+        added = {"content": "|>", "single_word": False, "lstrip": False, "rstrip": False}
+        added |= {"normalized": False, "special": True, "id": spec["added_tokens"][-1]["id"] + 1}
+        spec["added_tokens"].append(added)
+        spec["added_tokens"][0]["normalized"] = True
+    elif kind == "truncation":
+        spec["truncation"] = {"direction": "Right", "max_length": 5, "strategy": "LongestFirst"}
+        spec["truncation"] |= {"stride": 0}
+
+
+@pytest.mark.parametrize(
+    "kind", ["bpe", "char", "eot-takes-spaces", "token-inside-eot", "truncation"]
+)
 def test_documents_encoded_together_keep_their_ids(tmp_path: Path, kind: str) -> None:
     """Short documents are encoded joined by the end-of-text token's text: each keeps the ids
-    it has encoded alone, an end-of-text token between. A tokenizer whose end-of-text token
-    takes the spaces around it is not joined, and gives the same ids too."""
+    it has encoded alone, an end-of-text token between. Tokenizers for which that would not
+    hold are not joined, and give the same ids too."""
     from gptcli.data import joins_documents
 
     pick = random.Random(1).choice
     documents = [pick(EDGES) + pick(EDGES) for _ in range(300)]
     text = "".join(documents)
     tokenizer = Tokenizer.train_char([text]) if kind == "char" else Tokenizer.train_bpe([text], 600)
-    if kind == "eot-takes-spaces":
+    if kind not in ("bpe", "char"):
         spec = json.loads(tokenizer.to_json())
-        for token in spec["added_tokens"]:
-            token["lstrip"] = token["rstrip"] = True
+        unjoinable(spec, kind)
         path = tmp_path / "tokenizer.json"
         path.write_text(json.dumps(spec))
         tokenizer = Tokenizer.load(path)
-    assert joins_documents(tokenizer) == (kind != "eot-takes-spaces")
+    assert joins_documents(tokenizer) == (kind in ("bpe", "char"))
     expected: list[int] = []
     for document in (d for d in documents if d):
         pieces = tokenizer.encode_batch(list(iter_chunks(document, 4096)))
@@ -197,6 +214,14 @@ def test_a_failure_while_encoding_stops_the_run_and_leaves_no_cache(
         build_corpus(read_corpus([str(path)]), tokenizer, 0.1, cache)
     assert len(calls) >= 2
     assert list(cache.iterdir()) == []
+
+
+def test_a_first_line_of_only_a_byte_order_mark_is_blank(tmp_path: Path) -> None:
+    for n, first in enumerate([b"\xef\xbb\xbf", b"\xef\xbb\xbf  \r"]):
+        path = tmp_path / f"{n}.jsonl"
+        path.write_bytes(first + b'\n{"text": "hello"}\n{"text": "world"}\n')
+        source = read_corpus([str(path)]).files[0]
+        assert (source.documents, source.n_bytes, source.skipped) == (2, 10, 0)
 
 
 def test_compressed_text_and_mixed_directories(tmp_path: Path) -> None:

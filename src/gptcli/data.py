@@ -207,23 +207,29 @@ def short_pieces(piece: str, size: int = SHORT_PIECE_CHARS) -> list[str]:
 def joins_documents(tokenizer: Tokenizer) -> bool:
     """Whether short documents may be encoded as one text joined by the end-of-text token's
     own text: the tokenizer cuts its input at added tokens before anything else, so each
-    document keeps the ids it has alone, provided the token takes no whitespace around it,
-    is matched where it is written, and no other added token can match across it."""
+    document keeps the ids it has alone. Only where that is known to hold: a byte-level BPE
+    (each part is pre-tokenized as a text of its own) or the char tokenizer, no normalizer,
+    truncation or padding, an end-of-text token that takes no whitespace around it, and no
+    other added token that overlaps its text (one matched first would break it)."""
     spec = json.loads(tokenizer.to_json())
+    pre = (spec.get("pre_tokenizer") or {}).get("type")
+    if not (pre == "ByteLevel" or (pre == "Split" and tokenizer.kind == "char")):
+        return False
+    if any(spec.get(key) is not None for key in ("normalizer", "truncation", "padding")):
+        return False
     added = spec.get("added_tokens") or []
     eot = next((a for a in added if a.get("content") == EOT), None)
     if eot is None or eot.get("lstrip") or eot.get("rstrip") or eot.get("single_word"):
         return False
-    if eot.get("normalized") and spec.get("normalizer") is not None:
-        return False
-    for token in added:
-        text = token.get("content", "")
-        if token is eot:
-            continue
-        ends = (text[i:] for i in range(len(text)))  # a match that starts before EOT's
-        if any(end.startswith(EOT) or (end != text and EOT.startswith(end)) for end in ends):
-            return False
-    return True
+    return not any(overlaps(a.get("content", ""), EOT) for a in added if a is not eot)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether a written next to, inside or around b could share characters with it."""
+    if not a or a in b or b in a:
+        return bool(a)
+    ends = range(1, min(len(a), len(b)))
+    return any(a.endswith(b[:n]) or b.endswith(a[:n]) for n in ends)
 
 
 def join_documents(queue: list[str | None], size: int) -> list[str]:

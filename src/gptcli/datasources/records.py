@@ -20,6 +20,7 @@ from gptcli.errors import GptError
 
 SHOWN_FIELDS = 8  # fields named in an error, at most
 SCAN = json.JSONDecoder().scan_once  # the C scanner under json.loads: (value, end) at an index
+BOM = b"\xef\xbb\xbf"
 NOT_PARSED = object()  # a line the fast path could not parse
 
 
@@ -87,7 +88,7 @@ class RecordsReader:
     def _checked(self, line: bytes, number: int, record: Any) -> str | None:
         """The text of a line the fast path did not take: None for a blank line or a bad
         record skipped; GptError (`FILE:LINE`: why) for a bad one otherwise."""
-        if not line.strip():
+        if not (line.removeprefix(BOM) if number == 1 else line).strip():
             return None
         where = lambda: f"{self.path}:{number}"  # noqa: E731
         try:
@@ -121,7 +122,7 @@ class RecordsReader:
 
     def _parse(self, raw: bytes, where: Callable[[], str]) -> Any:
         try:
-            return json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+            return json.loads(raw.removeprefix(BOM))
         except UnicodeDecodeError:
             raise GptError(f"{where()}: not UTF-8 text; convert it to UTF-8") from None
         except json.JSONDecodeError as exc:
@@ -131,7 +132,7 @@ class RecordsReader:
         """Whether a .json file holds one array (read whole: such exports are small) rather
         than lines."""
         for block in iter_bytes(self.path, 1 << 16):
-            stripped = block.removeprefix(b"\xef\xbb\xbf").lstrip()
+            stripped = block.removeprefix(BOM).lstrip()
             if stripped:
                 return stripped.startswith(b"[")
         return False
