@@ -165,7 +165,7 @@ def test_documents_encoded_together_keep_their_ids(tmp_path: Path, kind: str) ->
     """Short documents are encoded joined by the end-of-text token's text: each keeps the ids
     it has encoded alone, an end-of-text token between. Tokenizers for which that would not
     hold are not joined, and give the same ids too."""
-    from gptcli.data import joins_documents
+    from gptcli.tokenwriter import joins_documents
 
     pick = random.Random(1).choice
     documents = [pick(EDGES) + pick(EDGES) for _ in range(300)]
