@@ -399,6 +399,11 @@ def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
         '{path}:3: "text" is a number, not a string',
     )
     add("broken.jsonl", b'{"text": "ok"}\n{"text": "no end\n', "{path}:2: not valid JSON")
+    add(
+        "two.jsonl",
+        b'{"text": "ok"}\r\n{"text": "a"} {"text": "b"}\r\n',
+        "{path}:2: not valid JSON (Extra data)",
+    )
     add("latin1.jsonl", '{"text": "caf\xe9"}\n'.encode("latin-1"), "{path}:1: not UTF-8")
     add("list.jsonl", b'["a", "b"]\n', "{path}:1: each record must be a JSON object")
     add(
